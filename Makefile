@@ -1,0 +1,37 @@
+# Two commands do all the set-up on a fresh machine:
+#   make run   - create .venv, install, then run the main job (the demo: ingest + search)
+#   make test  - create .venv, install, then lint, type-check and run the default test suite
+# The venv is (re)built only when pyproject.toml changes.
+
+PYTHON ?= python3.11
+VENV   ?= .venv
+PY     := $(VENV)/bin/python
+# torch first, so pip takes the local wheels where a machine has them (DESIGN.md §8).
+TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
+STAMP  := $(VENV)/.installed
+
+.PHONY: run test lint bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q $(TORCH_SPEC)
+	$(PY) -m pip install -q -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+run: $(STAMP)
+	$(VENV)/bin/mmsearch demo
+
+lint: $(STAMP)
+	$(PY) -m ruff check rag ingestion prompts tests benchmarks scripts
+	$(PY) -m mypy
+
+test: lint
+	$(PY) -m pytest
+
+bench: $(STAMP)
+	$(PY) -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,107 @@
+"""All configuration, read once from the environment (prefix ``MMSEARCH_``) and ``.env``.
+
+Only factories and the CLI read settings; components take plain constructor arguments.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+DeviceName = Literal["auto", "cpu", "cuda", "mps"]
+DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
+VLMBackendName = Literal["phi3v", "hf", "openai"]
+IndexTypeName = Literal["FLAT", "HNSW"]
+
+
+class Settings(BaseSettings):
+    """mmsearch settings; every field maps to ``MMSEARCH_<FIELD>`` (case-insensitive)."""
+
+    model_config = SettingsConfigDict(
+        env_prefix="MMSEARCH_",
+        env_file=".env",
+        env_file_encoding="utf-8",
+        extra="ignore",
+        case_sensitive=False,
+    )
+
+    milvus_uri: str = Field(
+        default="./data/mmsearch.db",
+        description="Milvus Lite file path (*.db) or server URI (http://host:19530).",
+    )
+    milvus_token: SecretStr | None = Field(
+        default=None, description="Milvus server token ('user:password' or API key)."
+    )
+    collection: str = Field(default="mmsearch_images", description="Milvus collection name.")
+    index_type: IndexTypeName = Field(
+        default="FLAT", description="Vector index for new collections: FLAT (exact) or HNSW."
+    )
+    embed_model: str = Field(
+        default="base",
+        description="Visualized BGE variant name (base, m3) or a local model directory.",
+    )
+    models_dir: Path = Field(
+        default=Path("./models"),
+        description="Where `mmsearch models pull` puts model directories.",
+    )
+    data_dir: Path = Field(default=Path("./data"), description="Downloaded data sets and caches.")
+    device: DeviceName = Field(default="auto", description="auto = cuda > mps > cpu.")
+    dtype: DTypeName = Field(default="auto", description="auto = bf16/fp16 on GPU, fp32 on CPU.")
+    embed_batch_size: int = Field(default=16, ge=1, description="Images per embedding batch.")
+    top_k: int = Field(default=9, ge=1, le=1000, description="Candidates retrieved per query.")
+    rerank: bool = Field(default=True, description="Rerank retrieved candidates with the VLM.")
+    vlm_backend: VLMBackendName = Field(default="phi3v", description="Reranker VLM backend.")
+    vlm_model: str = Field(
+        default="microsoft/Phi-3.5-vision-instruct",
+        description="VLM: Hub id or local directory (phi3v/hf), or served model name (openai).",
+    )
+    vlm_revision: str | None = Field(
+        default=None,
+        description="Pinned Hub revision (commit) for remote model code; required to trust it.",
+    )
+    vlm_trust_remote_code: bool = Field(
+        default=False, description="Opt in to run the VLM's own Python code from its repo."
+    )
+    vlm_base_url: str | None = Field(
+        default=None, description="OpenAI-compatible endpoint for the openai backend."
+    )
+    vlm_api_key: SecretStr | None = Field(default=None, description="API key for vlm_base_url.")
+    vlm_timeout_s: float = Field(default=120.0, gt=0, description="Per-call VLM timeout.")
+
+    @field_validator("milvus_uri")
+    @classmethod
+    def _uri_not_empty(cls, v: str) -> str:
+        if not v.strip():
+            raise ValueError("must not be empty")
+        return v.strip()
+
+    @field_validator("device", "dtype", "vlm_backend", "index_type", mode="before")
+    @classmethod
+    def _normalise_case(cls, v: object) -> object:
+        if isinstance(v, str):
+            return v.upper() if v.upper() in ("FLAT", "HNSW") else v.lower()
+        return v
+
+    @property
+    def milvus_token_value(self) -> str:
+        """The token as a plain string for the client ('' when unset)."""
+        return self.milvus_token.get_secret_value() if self.milvus_token else ""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read settings from env/.env, turning validation errors into a one-line ConfigError."""
+    from pydantic import ValidationError
+
+    from rag.errors import ConfigError
+
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as e:
+        problems = "; ".join(
+            f"MMSEARCH_{'_'.join(str(p) for p in err['loc']).upper()}: {err['msg']}"
+            for err in e.errors()
+        )
+        raise ConfigError(f"invalid settings: {problems}") from e

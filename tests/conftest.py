@@ -1,0 +1,54 @@
+"""Shared fixtures: Milvus Lite in tmp_path, the tiny random-weight model kit, generated images."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+MMSEARCH = [sys.executable, "-m", "rag.cli"]
+
+# Tests never reach the Hub.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+
+
+@pytest.fixture
+def milvus_uri(tmp_path: Path) -> str:
+    return str(tmp_path / "milvus" / "test.db")
+
+
+@pytest.fixture
+def clean_env(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Path:
+    """No MMSEARCH_* variables leak in from the developer's shell; cwd is an empty tmp dir."""
+    for key in list(os.environ):
+        if key.startswith("MMSEARCH_"):
+            monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    return tmp_path
+
+
+def run_cli(
+    *args: str,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    input: str | None = None,
+    timeout: float = 300,
+) -> subprocess.CompletedProcess[str]:
+    """Run the real `mmsearch` CLI in a subprocess."""
+    full_env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
+    full_env["PYTHONPATH"] = str(REPO)
+    full_env.update(env or {})
+    return subprocess.run(
+        [*MMSEARCH, *args],
+        env=full_env,
+        cwd=cwd or REPO,
+        capture_output=True,
+        text=True,
+        input=input,
+        timeout=timeout,
+    )

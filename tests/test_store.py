@@ -1,0 +1,125 @@
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from llama_index.core.schema import ImageNode
+from llama_index.core.vector_stores import MetadataFilter, MetadataFilters, VectorStoreQuery
+
+from rag.errors import StoreError, StoreLockedError, StoreMismatchError
+from rag.store import CatalogStore, collection_info
+
+
+def _node(i: int, vec: list[float], **meta: object) -> ImageNode:
+    key = f"/imgs/{i}.png"
+    return ImageNode(
+        id_=f"id{i}",
+        image_path=key,
+        embedding=vec,
+        metadata={"item_key": key, "image_path": key, "source": "/imgs", **meta},
+    )
+
+
+def test_create_insert_search_reopen_delete(milvus_uri: str) -> None:
+    store = CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1")
+    assert Path(milvus_uri).parent.is_dir()  # parent created
+    info = store.info()
+    assert (info.rows, info.dim, info.model, info.index_type, info.metric) == (
+        0,
+        4,
+        "m1",
+        "FLAT",
+        "IP",
+    )
+    store.vector_store.add(
+        [
+            _node(0, [1, 0, 0, 0], category="shoes", price=10.0),
+            _node(1, [0, 1, 0, 0], category="bags", price=99.0),
+            _node(2, [0.7071, 0.7071, 0, 0], category="shoes"),
+        ]
+    )
+    assert store.count() == 3
+    res = store.vector_store.query(
+        VectorStoreQuery(query_embedding=[1, 0, 0, 0], similarity_top_k=3)
+    )
+    assert res.ids == ["id0", "id2", "id1"]
+    assert res.similarities[0] == pytest.approx(1.0, abs=1e-5)
+    assert isinstance(res.nodes[0], ImageNode) and res.nodes[0].image_path == "/imgs/0.png"
+    filtered = store.vector_store.query(
+        VectorStoreQuery(
+            query_embedding=[1, 0, 0, 0],
+            similarity_top_k=3,
+            filters=MetadataFilters(filters=[MetadataFilter(key="category", value="bags")]),
+        )
+    )
+    assert filtered.ids == ["id1"]
+    assert store.rows_by_key(["/imgs/1.png", "/nope"]) == {"/imgs/1.png": ["id1"]}
+    store.close()
+
+    # A reopened Lite collection comes back released; the store loads it.
+    store = CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1")
+    assert store.count() == 3
+    res = store.vector_store.query(
+        VectorStoreQuery(query_embedding=[0, 1, 0, 0], similarity_top_k=1)
+    )
+    assert res.ids == ["id1"]
+    store.delete_ids(["id1"])
+    assert store.count() == 2
+    assert sorted(store.keys_for_source("/imgs")) == ["/imgs/0.png", "/imgs/2.png"]
+    store.close()
+
+
+def test_hnsw_index(milvus_uri: str) -> None:
+    store = CatalogStore(uri=milvus_uri, collection="h", dim=4, model_id="m", index_type="hnsw")
+    assert store.info().index_type == "HNSW"
+    store.close()
+
+
+@pytest.mark.parametrize(("dim", "model"), [(8, "m1"), (4, "other-model")])
+def test_mismatch_refused(milvus_uri: str, dim: int, model: str) -> None:
+    CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1").close()
+    with pytest.raises(StoreMismatchError) as e:
+        CatalogStore(uri=milvus_uri, collection="imgs", dim=dim, model_id=model)
+    msg = str(e.value)
+    assert "'m1'" in msg and "dim 4" in msg and repr(model) in msg and f"dim {dim}" in msg
+
+
+def test_missing_collection_without_create(milvus_uri: str) -> None:
+    with pytest.raises(StoreError, match="does not exist"):
+        CatalogStore(uri=milvus_uri, collection="nothing", create=False, dim=None)
+    info = collection_info(milvus_uri, "", "nothing")
+    assert info.exists is False and info.rows == 0
+
+
+def test_bad_lite_path(tmp_path: Path) -> None:
+    with pytest.raises(StoreError, match=r"must end in '\.db'"):
+        CatalogStore(uri=str(tmp_path / "x.sqlite"), collection="c", dim=4, model_id="m")
+
+
+def test_unreachable_server() -> None:
+    with pytest.raises(StoreError, match="cannot connect to Milvus at 'http://127.0.0.1:1'"):
+        CatalogStore(uri="http://127.0.0.1:1", collection="c", dim=4, model_id="m")
+
+
+def test_second_process_gets_lock_error(milvus_uri: str) -> None:
+    CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1").close()
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from pymilvus import MilvusClient; "
+            f"MilvusClient(uri={milvus_uri!r}); print('ready', flush=True); time.sleep(60)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+        started = time.monotonic()
+        with pytest.raises(StoreLockedError, match="another process has the Milvus Lite database"):
+            CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1")
+        assert time.monotonic() - started < 30  # fails fast, no hang
+    finally:
+        holder.kill()
+        holder.wait()
