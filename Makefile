@@ -18,7 +18,13 @@ $(STAMP): pyproject.toml
 	$(PY) -m pip install -q -e '.[dev]'
 	touch $(STAMP)
 
-install: $(STAMP)
+# The reference Visualized BGE implementation (FlagEmbedding 1.2.11's Python files), used only
+# by the equivalence test; PyPI's sdist is the last release that ships it.
+FE_SDIST := .cache/FlagEmbedding-1.2.11.tar.gz
+$(FE_SDIST): | $(STAMP)
+	$(PY) -m pip download -q --no-deps --no-binary :all: FlagEmbedding==1.2.11 -d .cache
+
+install: $(STAMP) $(FE_SDIST)
 
 run: $(STAMP)
 	$(VENV)/bin/mmsearch demo
@@ -27,7 +33,7 @@ lint: $(STAMP)
 	$(PY) -m ruff check rag ingestion prompts tests benchmarks scripts
 	$(PY) -m mypy
 
-test: lint
+test: lint $(FE_SDIST)
 	$(PY) -m pytest
 
 bench: $(STAMP)

@@ -52,3 +52,25 @@ def run_cli(
         input=input,
         timeout=timeout,
     )
+
+
+@pytest.fixture(scope="session")
+def tiny_kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """OUTDIR of scripts/make_tiny_models.py (embed/ and, once the VLM lands, vlm/)."""
+    from scripts.make_tiny_models import make_embed_dir
+
+    out = tmp_path_factory.mktemp("kit")
+    make_embed_dir(out / "embed")
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_embed_dir(tiny_kit: Path) -> Path:
+    return tiny_kit / "embed"
+
+
+@pytest.fixture(scope="session")
+def tiny_embedding(tiny_embed_dir: Path):
+    from rag.embeddings import VisualizedBGEEmbedding
+
+    return VisualizedBGEEmbedding.from_local(tiny_embed_dir, device="cpu")

@@ -1,0 +1,277 @@
+"""The ingestion pipeline: catalog items -> fingerprints -> decoded batches -> embeddings -> Milvus.
+
+Idempotent and resumable by construction:
+* a row's id is ``sha256(item key + image content hash)``, so re-ingesting an unchanged image
+  is recognised before any decoding or embedding, and a changed image gets a new id;
+* rows are upserted (a repeated id overwrites itself) and every write is durable when it
+  returns, so a run killed at any point and started again converges on the clean-run rows;
+* the old row of a changed image is deleted only after its replacement is stored, so a crash
+  never loses an item; a leftover old row is removed by the next run.
+
+Decoding/preprocessing runs in worker threads ahead of the embedding (a bounded window), so
+the model never waits on disk or PIL.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from ingestion.downloads import fetch
+from ingestion.sources import CatalogItem
+from rag.errors import InputImageError, MMSearchError
+from rag.images import content_sha256, load_image, preprocess, read_bytes
+
+if TYPE_CHECKING:
+    from rag.embeddings import VisualizedBGEEmbedding
+    from rag.store import CatalogStore
+
+logger = logging.getLogger(__name__)
+
+Progress = Callable[[int, int], None]  # (done, total)
+_LOOKUP_CHUNK = 500
+
+
+def row_id(key: str, sha: str) -> str:
+    """The row id: stable for the same item and content, new when the image changes."""
+    return hashlib.sha256(f"{key}\0{sha}".encode()).hexdigest()[:32]
+
+
+@dataclass
+class IngestReport:
+    """What an ingest did; ``--json`` prints :meth:`to_dict`."""
+
+    added: int = 0
+    unchanged: int = 0
+    replaced: int = 0
+    pruned: int = 0
+    failed: list[dict[str, str]] = field(default_factory=list)
+    seconds: float = 0.0
+    embedded: int = 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "added": self.added,
+            "unchanged": self.unchanged,
+            "replaced": self.replaced,
+            "pruned": self.pruned,
+            "failed": list(self.failed),
+            "seconds": round(self.seconds, 3),
+            "images_per_s": round(self.embedded / self.seconds, 2) if self.seconds else 0.0,
+        }
+
+
+@dataclass
+class _Fingerprint:
+    item: CatalogItem
+    local_path: str
+    sha: str
+    id: str
+
+
+def _reason(err: Exception, label: str) -> str:
+    text = str(err)
+    return text[len(label) + 2 :] if text.startswith(label + ": ") else text
+
+
+class Ingestor:
+    """Indexes catalog items into one collection.
+
+    Args:
+        embedding: the Visualized BGE embedding (image-only vectors are stored).
+        store: the target collection.
+        batch_size: images per forward pass.
+        workers: threads that read/download/decode ahead of the model.
+        cache_dir: where URL images are cached.
+        progress: called with (done, total) as items finish.
+    """
+
+    def __init__(
+        self,
+        *,
+        embedding: VisualizedBGEEmbedding,
+        store: CatalogStore,
+        batch_size: int = 16,
+        workers: int = 2,
+        cache_dir: Path | None = None,
+        progress: Progress | None = None,
+    ) -> None:
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+        if workers < 1:
+            raise ValueError(f"workers must be > 0, got {workers}")
+        from rag.index import build_index
+
+        self.embedding = embedding
+        self.store = store
+        self.batch_size = batch_size
+        self.workers = workers
+        self.cache_dir = cache_dir or Path("./data/cache/urls")
+        self.progress = progress
+        self.index = build_index(store, embedding)
+        self._size = embedding.model.vision_config.image_size
+
+    # -- stage 1: where is each image, what is in it ------------------------------------
+    def _fingerprint(self, item: CatalogItem) -> _Fingerprint:
+        local = str(fetch(item.image, self.cache_dir)) if item.is_url else item.image
+        sha = content_sha256(read_bytes(local))
+        return _Fingerprint(item, local, sha, row_id(item.key, sha))
+
+    # -- stage 2: decode + preprocess (worker threads) ------------------------------------
+    def _decode(self, fp: _Fingerprint) -> tuple[_Fingerprint, Any]:
+        data = read_bytes(fp.local_path)
+        sha = content_sha256(data)
+        if sha != fp.sha:  # changed since stage 1: index what we actually decoded
+            fp = _Fingerprint(fp.item, fp.local_path, sha, row_id(fp.item.key, sha))
+        img = load_image(data, name=fp.item.image)
+        return fp, preprocess(img, self._size)
+
+    def run(
+        self, items: Iterable[CatalogItem], *, prune_sources: Iterable[str] = ()
+    ) -> IngestReport:
+        started = time.perf_counter()
+        report = IngestReport()
+        unique: dict[str, CatalogItem] = {}
+        for item in items:
+            if item.key in unique:
+                report.failed.append({"path": item.image, "error": f"duplicate key {item.key!r}"})
+                continue
+            unique[item.key] = item
+        total = len(unique) + len(report.failed)
+        done = len(report.failed)
+        self._tick(done, total)
+
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ingest") as pool:
+            prints: list[_Fingerprint] = []
+            for item, fut in [(it, pool.submit(self._fingerprint, it)) for it in unique.values()]:
+                try:
+                    prints.append(fut.result())
+                except InputImageError as e:
+                    report.failed.append({"path": item.image, "error": _reason(e, item.image)})
+                    done += 1
+                    self._tick(done, total)
+
+            todo: list[_Fingerprint] = []
+            stale: dict[str, list[str]] = {}  # key -> ids to delete once the new row is stored
+            for start in range(0, len(prints), _LOOKUP_CHUNK):
+                chunk = prints[start : start + _LOOKUP_CHUNK]
+                existing = self.store.rows_by_key([fp.item.key for fp in chunk])
+                for fp in chunk:
+                    ids = existing.get(fp.item.key, [])
+                    others = [i for i in ids if i != fp.id]
+                    if fp.id in ids:
+                        if others:  # an interrupted replacement: finish it
+                            self.store.delete_ids(others)
+                            report.replaced += 1
+                        else:
+                            report.unchanged += 1
+                        done += 1
+                        self._tick(done, total)
+                    else:
+                        if others:
+                            stale[fp.item.key] = others
+                        todo.append(fp)
+
+            done = self._embed_all(pool, todo, stale, report, done, total)
+
+        for source in prune_sources:
+            keep = set(unique)
+            gone = {
+                k: ids for k, ids in self.store.keys_for_source(source).items() if k not in keep
+            }
+            report.pruned += self.store.delete_ids([i for ids in gone.values() for i in ids])
+        report.seconds = time.perf_counter() - started
+        return report
+
+    def _embed_all(
+        self,
+        pool: ThreadPoolExecutor,
+        todo: list[_Fingerprint],
+        stale: dict[str, list[str]],
+        report: IngestReport,
+        done: int,
+        total: int,
+    ) -> int:
+        import torch
+
+        window = max(2 * self.batch_size, 4 * self.workers)
+        pending: deque[tuple[_Fingerprint, Future[tuple[_Fingerprint, Any]]]] = deque()
+        queue = iter(todo)
+        batch: list[tuple[_Fingerprint, Any]] = []
+
+        def refill() -> None:
+            while len(pending) < window:
+                fp = next(queue, None)
+                if fp is None:
+                    return
+                pending.append((fp, pool.submit(self._decode, fp)))
+
+        refill()
+        while pending:
+            fp, fut = pending.popleft()
+            refill()
+            try:
+                batch.append(fut.result())
+            except MMSearchError as e:
+                report.failed.append({"path": fp.item.image, "error": _reason(e, fp.item.image)})
+                done += 1
+                self._tick(done, total)
+            if len(batch) == self.batch_size or (not pending and batch):
+                vectors = self.embedding.embed_pixels(torch.stack([t for _, t in batch]))
+                self._store_batch([f for f, _ in batch], vectors, stale, report)
+                done += len(batch)
+                self._tick(done, total)
+                batch = []
+        return done
+
+    def _store_batch(
+        self,
+        prints: list[_Fingerprint],
+        vectors: list[list[float]],
+        stale: dict[str, list[str]],
+        report: IngestReport,
+    ) -> None:
+        from llama_index.core.schema import ImageNode
+
+        nodes = []
+        for fp, vec in zip(prints, vectors, strict=True):
+            item = fp.item
+            meta: dict[str, Any] = {
+                **item.metadata,
+                "item_key": item.key,
+                "image_path": item.image,
+                "local_path": fp.local_path,
+                "source": item.source,
+                "content_sha256": fp.sha,
+            }
+            nodes.append(
+                ImageNode(
+                    id_=fp.id,
+                    image_path=fp.local_path,
+                    image_url=item.image if item.is_url else None,
+                    metadata=meta,
+                    embedding=vec,
+                    excluded_embed_metadata_keys=list(meta),
+                    excluded_llm_metadata_keys=["local_path", "content_sha256", "source"],
+                )
+            )
+        self.index.insert_nodes(nodes)
+        report.embedded += len(nodes)
+        for fp in prints:
+            old = stale.pop(fp.item.key, None)
+            if old:
+                self.store.delete_ids(old)
+                report.replaced += 1
+            else:
+                report.added += 1
+
+    def _tick(self, done: int, total: int) -> None:
+        if self.progress is not None:
+            self.progress(done, total)

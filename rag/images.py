@@ -1,0 +1,132 @@
+"""Reading images safely: any source (path, bytes, PIL), EXIF orientation, any mode to RGB.
+
+Every failure becomes an ``InputImageError`` naming the input and the reason, so callers can
+skip and report a bad file instead of crashing.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import warnings
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+from rag.errors import InputImageError
+
+if TYPE_CHECKING:
+    import torch
+
+ImageInput = str | os.PathLike | bytes | bytearray | io.BytesIO | Image.Image
+
+# Refuse decompression bombs well before PIL's own limit would allocate gigabytes.
+MAX_PIXELS = 80_000_000
+_HIGH_BIT_MODES = ("I", "I;16", "I;16B", "I;16L", "I;16N", "F")
+
+
+def describe(src: ImageInput) -> str:
+    """A short name for an image input, used in error messages."""
+    if isinstance(src, (str, os.PathLike)):
+        return str(src)
+    if isinstance(src, Image.Image):
+        return f"<PIL image {src.size[0]}x{src.size[1]}>"
+    if isinstance(src, io.BytesIO):
+        return f"<{len(src.getbuffer())} bytes>"
+    return f"<{len(src)} bytes>"
+
+
+def read_bytes(path: str | os.PathLike[str]) -> bytes:
+    """Read a file, turning OS errors into InputImageError."""
+    try:
+        data = Path(path).read_bytes()
+    except FileNotFoundError as e:
+        raise InputImageError(f"{path}: no such file") from e
+    except IsADirectoryError as e:
+        raise InputImageError(f"{path}: is a directory, not an image") from e
+    except PermissionError as e:
+        raise InputImageError(f"{path}: permission denied") from e
+    except OSError as e:
+        raise InputImageError(f"{path}: cannot read ({e.strerror or e})") from e
+    if not data:
+        raise InputImageError(f"{path}: empty file (0 bytes)")
+    return data
+
+
+def content_sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    if img.mode in _HIGH_BIT_MODES:
+        import numpy as np
+
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        scaled = (arr - lo) / (hi - lo) * 255.0 if hi > lo else np.zeros_like(arr)
+        img = Image.fromarray(scaled.astype(np.uint8), mode="L")
+    elif img.mode == "P":
+        img = img.convert("RGBA")  # palette transparency is only honoured via RGBA
+    return img.convert("RGB") if img.mode != "RGB" else img
+
+
+def load_image(src: ImageInput, *, name: str | None = None) -> Image.Image:
+    """Decode ``src`` into an RGB PIL image with EXIF orientation applied.
+
+    Raises:
+        InputImageError: unreadable, empty, truncated, not an image, or too large.
+    """
+    label = name or describe(src)
+    if isinstance(src, Image.Image):
+        img = src
+    else:
+        if isinstance(src, (str, os.PathLike)):
+            data = read_bytes(src)
+        elif isinstance(src, io.BytesIO):
+            data = src.getvalue()
+        else:
+            data = bytes(src)
+        if not data:
+            raise InputImageError(f"{label}: empty file (0 bytes)")
+        try:
+            with warnings.catch_warnings():
+                warnings.simplefilter("error", Image.DecompressionBombWarning)
+                img = Image.open(io.BytesIO(data))
+        except UnidentifiedImageError as e:
+            raise InputImageError(f"{label}: not an image (unrecognised format)") from e
+        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
+            raise InputImageError(f"{label}: image dimensions too large ({e})") from e
+        except Exception as e:  # PIL raises assorted errors on malformed headers
+            raise InputImageError(f"{label}: cannot decode image ({e})") from e
+    w, h = img.size
+    if w * h > MAX_PIXELS:
+        raise InputImageError(
+            f"{label}: image dimensions too large ({w}x{h} > {MAX_PIXELS:,} pixels)"
+        )
+    if w == 0 or h == 0:
+        raise InputImageError(f"{label}: image has zero size")
+    try:
+        if getattr(img, "is_animated", False):
+            img.seek(0)  # first frame of GIF/WebP/APNG animations
+        img.load()
+        img = ImageOps.exif_transpose(img) or img
+        return _to_rgb(img)
+    except OSError as e:
+        reason = "truncated or corrupt" if "truncated" in str(e) else f"cannot decode ({e})"
+        raise InputImageError(f"{label}: image is {reason}") from e
+    except Exception as e:
+        raise InputImageError(f"{label}: cannot decode image ({e})") from e
+
+
+def preprocess(img: Image.Image, image_size: int = 224) -> torch.Tensor:
+    """Visualized BGE preprocessing: bicubic shortest-side resize, center crop, CLIP mean/std."""
+    from torchvision.transforms import InterpolationMode
+    from torchvision.transforms import functional as F
+
+    from rag.visualized_bge import CLIP_MEAN, CLIP_STD
+
+    img = F.resize(img, image_size, interpolation=InterpolationMode.BICUBIC)
+    img = F.center_crop(img, [image_size, image_size])
+    return F.normalize(F.to_tensor(img), CLIP_MEAN, CLIP_STD)
