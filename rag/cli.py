@@ -155,6 +155,101 @@ def ingest(
         raise typer.Exit(1)
 
 
+def _result_image(node: Any) -> str | None:
+    meta = node.metadata
+    return meta.get("local_path") or meta.get("image_path") or getattr(node, "image_path", None)
+
+
+def save_result_grid(result: Any, out: str) -> str:
+    """Save the results (and the query image) as one composite PNG; returns the path."""
+    from pathlib import Path
+
+    from rag.grid import build_grid
+
+    if not result.nodes:
+        raise MMSearchError("no results to draw")
+    grid = build_grid(
+        [_result_image(n.node) for n in result.nodes[:25]], query=result.query.get("image")
+    )
+    path = Path(out).expanduser()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        grid.save(path)
+    except (OSError, ValueError) as e:
+        raise MMSearchError(f"cannot write grid image {out}: {e}") from e
+    return str(path)
+
+
+def print_results(result: Any, console: Any) -> None:
+    """The compact results table plus caption / reason / rerank note."""
+    from rich.table import Table
+
+    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
+    for col in ("#", "id", "score", "was", "title / image"):
+        table.add_column(col, justify="right" if col in ("#", "score", "was") else "left")
+    for row in result.results:
+        label = row.get("title") or row.get("image_path") or ""
+        score = "" if row["score"] is None else f"{row['score']:.3f}"
+        table.add_row(
+            str(row["rank"]), row["id"][:12], score, str(row["retrieval_rank"] or ""), str(label)
+        )
+    console.print(table)
+    if result.caption:
+        console.print(f"[dim]caption:[/dim] {result.caption}")
+    if result.reason:
+        console.print(f"[dim]reason:[/dim] {result.reason}")
+    status, detail = result.rerank["status"], result.rerank.get("detail", "")
+    if status in ("repaired", "fallback"):
+        console.print(f"[yellow]note: rerank {status}: {detail}[/yellow]")
+    elif status == "skipped":
+        console.print(f"[dim]rerank skipped: {detail}[/dim]")
+
+
+@app.command()
+def search(
+    text: str | None = typer.Argument(None, help="Query text or instruction."),
+    image: str | None = typer.Option(None, "--image", help="Query image path."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, max=1000, help="Results (default 9)."),
+    filters: list[str] | None = typer.Option(
+        None, "--filter", help="Metadata filter, e.g. category=Electronics or price<20 (repeat)."
+    ),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    grid: str | None = typer.Option(None, "--grid", help="Save results as one image (PNG)."),
+) -> None:
+    """Search the catalog with text, an image, or an image plus an instruction."""
+    from rich.console import Console
+
+    from rag.errors import EmptyQueryError
+    from rag.filters import parse_filters
+    from rag.query_engine import build_query_engine
+
+    if not (text and text.strip()) and not image:
+        raise EmptyQueryError("empty query: give a TEXT, an --image PATH, or both")
+    parsed = parse_filters(filters)
+    if image:
+        from rag.images import load_image
+
+        load_image(image)  # a bad query image fails before any model loads
+    s = _settings()
+    engine = build_query_engine(s, rerank=False if no_rerank else None)
+    try:
+        result = engine.search(text=text, image=image, top_k=top_k, filters=parsed)
+    finally:
+        engine.close()
+    grid_path = save_result_grid(result, grid) if grid else None
+    if as_json:
+        data = result.to_dict()
+        if grid_path:
+            data["grid"] = grid_path
+        _echo_json(data)
+        return
+    console = Console()
+    print_results(result, console)
+    if grid_path:
+        console.print(f"grid saved to {grid_path}")
+
+
 models_app = typer.Typer(help="Download or import embedding models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 

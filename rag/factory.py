@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from rag.settings import Settings, load_settings
 
@@ -42,3 +42,15 @@ def open_store(
         index_type=s.index_type,
         create=create,
     )
+
+
+def build_reranker(settings: Settings | None = None) -> Any:
+    """The configured VLM reranker, or ``None`` while no reranker backend is available."""
+    import logging
+
+    try:
+        from rag.rerank import build_reranker_from_settings  # type: ignore[import-not-found]
+    except ImportError:
+        logging.getLogger(__name__).info("no VLM reranker available; results keep retrieval order")
+        return None
+    return build_reranker_from_settings(settings or load_settings())

@@ -97,9 +97,12 @@ def load_image(src: ImageInput, *, name: str | None = None) -> Image.Image:
         except UnidentifiedImageError as e:
             raise InputImageError(f"{label}: not an image (unrecognised format)") from e
         except (Image.DecompressionBombError, Image.DecompressionBombWarning) as e:
-            raise InputImageError(f"{label}: image dimensions too large ({e})") from e
+            raise InputImageError(
+                f"{label}: image dimensions too large (over {Image.MAX_IMAGE_PIXELS:,} pixels; "
+                "a decompression bomb?)"
+            ) from e
         except Exception as e:  # PIL raises assorted errors on malformed headers
-            raise InputImageError(f"{label}: cannot decode image ({e})") from e
+            raise _decode_error(label, e) from e
     w, h = img.size
     if w * h > MAX_PIXELS:
         raise InputImageError(
@@ -113,11 +116,14 @@ def load_image(src: ImageInput, *, name: str | None = None) -> Image.Image:
         img.load()
         img = ImageOps.exif_transpose(img) or img
         return _to_rgb(img)
-    except OSError as e:
-        reason = "truncated or corrupt" if "truncated" in str(e) else f"cannot decode ({e})"
-        raise InputImageError(f"{label}: image is {reason}") from e
-    except Exception as e:
-        raise InputImageError(f"{label}: cannot decode image ({e})") from e
+    except Exception as e:  # OSError, SyntaxError, ValueError... depending on the codec
+        raise _decode_error(label, e) from e
+
+
+def _decode_error(label: str, e: Exception) -> InputImageError:
+    if "truncated" in str(e).lower():
+        return InputImageError(f"{label}: image is truncated or corrupt")
+    return InputImageError(f"{label}: cannot decode image ({e})")
 
 
 def preprocess(img: Image.Image, image_size: int = 224) -> torch.Tensor:

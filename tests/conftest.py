@@ -74,3 +74,39 @@ def tiny_embedding(tiny_embed_dir: Path):
     from rag.embeddings import VisualizedBGEEmbedding
 
     return VisualizedBGEEmbedding.from_local(tiny_embed_dir, device="cpu")
+
+
+@pytest.fixture
+def catalog(tmp_path: Path, milvus_uri: str, tiny_embedding):
+    """A Milvus Lite collection of 12 generated images (with metadata) ingested by the tiny
+    model; yields (store, folder, catalog_path)."""
+    import json
+
+    from ingestion.pipeline import Ingestor
+    from ingestion.sources import catalog_items
+    from rag.store import CatalogStore
+    from tests.helpers import write_images
+
+    folder = tmp_path / "imgs"
+    paths = write_images(folder, 12)
+    rows = [
+        {
+            "id": f"sku-{i}",
+            "image": str(p),
+            "title": f"Product {i}",
+            "category": "cases" if i % 2 else "shoes",
+            "price": float(5 * i),
+        }
+        for i, p in enumerate(paths)
+    ]
+    cat = tmp_path / "catalog.jsonl"
+    cat.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    store = CatalogStore(
+        uri=milvus_uri,
+        collection="mmsearch_images",
+        dim=tiny_embedding.dim,
+        model_id=tiny_embedding.model_name,
+    )
+    Ingestor(embedding=tiny_embedding, store=store, batch_size=6).run(list(catalog_items(cat)))
+    yield store, folder, cat
+    store.close()

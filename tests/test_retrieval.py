@@ -1,0 +1,151 @@
+import asyncio
+import json
+from pathlib import Path
+
+import pytest
+from llama_index.core.schema import QueryBundle
+
+from rag.errors import EmptyCollectionError, EmptyQueryError, InputImageError
+from rag.query_engine import MMSearchQueryEngine, build_query_engine
+from rag.retriever import ComposedRetriever
+from rag.settings import Settings
+from rag.store import CatalogStore
+from tests.conftest import run_cli
+from tests.helpers import make_image
+
+
+def _engine(store: CatalogStore, emb, top_k: int = 9) -> MMSearchQueryEngine:
+    return build_query_engine(Settings(top_k=top_k, rerank=False), embedding=emb, store=store)
+
+
+def _ordered(scores: list[float]) -> bool:
+    return all(a >= b - 1e-6 for a, b in zip(scores, scores[1:], strict=False))
+
+
+def test_each_query_kind_returns_k_ordered(catalog, tiny_embedding) -> None:
+    store, folder, _ = catalog
+    engine = _engine(store, tiny_embedding)
+    img = folder / "img_003.png"
+    for kwargs, kind in (
+        ({"text": "red shoes"}, "text"),
+        ({"image": img}, "image"),
+        ({"image": str(img), "text": "a phone case with this"}, "composed"),
+        ({"image": make_image(3)}, "image"),  # PIL input
+        ({"image": img.read_bytes(), "text": "cheaper"}, "composed"),  # bytes input
+    ):
+        res = engine.search(**kwargs)
+        assert res.query["kind"] == kind
+        assert len(res.results) == 9
+        scores = [r["score"] for r in res.results]
+        assert _ordered(scores)
+        assert [r["retrieval_rank"] for r in res.results] == list(range(1, 10))
+        assert all(r["retrieval_score"] == r["score"] for r in res.results)
+
+
+def test_image_query_finds_itself_first(catalog, tiny_embedding) -> None:
+    store, folder, _ = catalog
+    engine = _engine(store, tiny_embedding)
+    for i in (0, 5, 11):
+        res = engine.search(image=folder / f"img_{i:03d}.png", top_k=3)
+        top = res.results[0]
+        assert top["id"] and top["title"] == f"Product {i}"
+        assert top["score"] == pytest.approx(1.0, abs=1e-4)
+        assert res.results[1]["score"] < top["score"] - 1e-4
+
+
+def test_filters_restrict_results(catalog, tiny_embedding) -> None:
+    store, folder, _ = catalog
+    engine = _engine(store, tiny_embedding)
+    res = engine.search(text="anything", filters=["category=cases"], top_k=12)
+    assert len(res.results) == 6 and {r["category"] for r in res.results} == {"cases"}
+    res = engine.search(image=folder / "img_000.png", filters=["price<20", "price>=5"])
+    assert sorted(r["price"] for r in res.results) == [5.0, 10.0, 15.0]
+    res = engine.search(text="x", filters=["category=nothing"])
+    assert res.results == []
+
+
+def test_llamaindex_query_bundle_and_async(catalog, tiny_embedding) -> None:
+    store, folder, _ = catalog
+    engine = _engine(store, tiny_embedding, top_k=4)
+    bundle = QueryBundle(query_str="a phone case with this", image_path=str(folder / "img_002.png"))
+    resp = engine.query(bundle)
+    assert len(resp.source_nodes) == 4
+    assert resp.metadata["rerank"] == {"status": "skipped", "detail": "rerank disabled"}
+    assert resp.metadata["query"]["kind"] == "composed"
+    aresp = asyncio.run(engine.aquery(bundle))
+    assert [n.node.node_id for n in aresp.source_nodes] == [
+        n.node.node_id for n in resp.source_nodes
+    ]
+    r = asyncio.run(engine.asearch(text="red"))
+    assert len(r.results) == 4
+    retriever = ComposedRetriever(
+        embedding=tiny_embedding, vector_store=store.vector_store, top_k=2
+    )
+    assert len(retriever.retrieve(QueryBundle(query_str="red"))) == 2
+
+
+def test_json_shape(catalog, tiny_embedding) -> None:
+    store, folder, _ = catalog
+    data = _engine(store, tiny_embedding).search(text="red", top_k=2).to_dict()
+    assert set(data) >= {"query", "results", "caption", "reason", "rerank"}
+    assert set(data["results"][0]) >= {"rank", "id", "image_path", "score", "retrieval_rank"}
+    assert data["rerank"]["status"] in ("ok", "repaired", "fallback", "skipped")
+    json.dumps(data)  # serialisable
+
+
+def test_errors(catalog, tiny_embedding, tmp_path: Path, milvus_uri: str) -> None:
+    store, _, _ = catalog
+    engine = _engine(store, tiny_embedding)
+    with pytest.raises(EmptyQueryError):
+        engine.search(text="  ")
+    bad = tmp_path / "bad.png"
+    bad.write_text("nope")
+    with pytest.raises(InputImageError, match="bad.png: not an image"):
+        engine.search(image=bad)
+    with pytest.raises(InputImageError, match="no such file"):
+        engine.search(image=tmp_path / "missing.png", text="x")
+    empty = CatalogStore(
+        uri=milvus_uri,
+        collection="empty_one",
+        dim=tiny_embedding.dim,
+        model_id=tiny_embedding.model_name,
+        client=store.client,
+    )
+    with pytest.raises(EmptyCollectionError, match="is empty"):
+        _engine(empty, tiny_embedding).search(text="x")
+
+
+def test_cli_search(catalog, tiny_embed_dir: Path, milvus_uri: str, tmp_path: Path) -> None:
+    store, folder, _ = catalog
+    store.close()
+    env = {"MMSEARCH_MILVUS_URI": milvus_uri, "MMSEARCH_EMBED_MODEL": str(tiny_embed_dir)}
+    grid = tmp_path / "out" / "grid.png"
+    res = run_cli(
+        "search",
+        "a phone case with this",
+        "--image",
+        str(folder / "img_004.png"),
+        "--json",
+        "--top-k",
+        "5",
+        "--grid",
+        str(grid),
+        env=env,
+    )
+    assert res.returncode == 0, res.stderr
+    data = json.loads(res.stdout)
+    assert data["results"][0]["title"] == "Product 4" or data["query"]["kind"] == "composed"
+    assert len(data["results"]) == 5 and data["rerank"]["status"] == "skipped"
+    assert grid.is_file() and data["grid"] == str(grid)
+    table = run_cli("search", "--image", str(folder / "img_004.png"), "--no-rerank", env=env)
+    assert table.returncode == 0 and "Product 4" in table.stdout.splitlines()[1]
+    for args, msg in (
+        ((), "empty query"),
+        (("--image", str(tmp_path / "nope.png")), "no such file"),
+        (("x", "--filter", "price<cheap"), "is not a number"),
+    ):
+        r = run_cli("search", *args, env=env)
+        assert r.returncode == 1 and msg in r.stderr and "Traceback" not in r.stderr
+    empty_env = {**env, "MMSEARCH_COLLECTION": "never_made"}
+    r = run_cli("search", "x", env=empty_env)
+    assert r.returncode == 1 and "does not exist" in r.stderr
