@@ -250,6 +250,25 @@ def search(
         console.print(f"grid saved to {grid_path}")
 
 
+@app.command()
+def chat(
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
+) -> None:
+    """A question loop: search by conversation, refine with earlier results (#N)."""
+    from rich.console import Console
+
+    from rag.chat import run_chat
+    from rag.query_engine import build_query_engine
+
+    s = _settings()
+    with Console(stderr=True).status("loading models..."):
+        engine = build_query_engine(s, rerank=False if no_rerank else None)
+    try:
+        run_chat(engine, sys.stdin, sys.stdout)
+    finally:
+        engine.close()
+
+
 models_app = typer.Typer(help="Download or import embedding models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -291,11 +310,81 @@ def models_import(
 
 
 @app.command()
-def demo() -> None:
-    """Run the main job: pull the demo data and model, ingest, run the leopard query."""
-    from rag.errors import MMSearchError as _E
+def demo(
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Offline: random-weight tiny model + generated images."
+    ),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
+) -> None:
+    """The main job: pull the demo catalog and model, ingest, run the leopard query."""
+    from pathlib import Path
 
-    raise _E("the demo is not yet available: it needs the embedding model and ingestion")
+    from rich.console import Console
+
+    from ingestion.datasets import amazon_subset_paths, make_synthetic_catalog, pull_amazon_subset
+    from ingestion.pipeline import Ingestor
+    from ingestion.sources import folder_items
+    from rag.factory import build_embedding, open_store
+    from rag.model_hub import pull
+    from rag.query_engine import build_query_engine
+
+    console = Console(stderr=True)
+    s = _settings()
+    if synthetic:
+        from rag.tiny_models import make_embed_dir
+
+        root = s.data_dir / "demo-synthetic"
+        images, query = make_synthetic_catalog(root / "images")
+        model_dir = root / "model"
+        if not (model_dir / "mmsearch_model.json").exists():
+            make_embed_dir(model_dir)
+        s = _settings(
+            embed_model=str(model_dir),
+            milvus_uri=str(root / "milvus.db"),
+            collection="demo_synthetic",
+        )
+        text = "a product like this"
+        console.print(
+            "[yellow]synthetic demo: a random-weight model on generated images; it shows the "
+            "pipeline working, not search quality[/yellow]"
+        )
+    else:
+        with console.status("pulling the demo data set (900 Amazon product images)..."):
+            images, query = amazon_subset_paths(pull_amazon_subset(s.data_dir))
+        if s.embed_model in ("base", "m3"):
+            with console.status(f"pulling the Visualized BGE {s.embed_model} model..."):
+                pull(s.embed_model, Path(s.models_dir) / f"visualized-bge-{s.embed_model}")
+        text = "a phone case with this"
+    with console.status("loading the embedding model..."):
+        embedding = build_embedding(s)
+    store = open_store(s, embedding)
+    try:
+        items = list(folder_items(images))
+        with _progress_bar("ingest") as bar:
+            task = bar.add_task("ingest", total=len(items), rate="")
+            report = Ingestor(
+                embedding=embedding,
+                store=store,
+                batch_size=s.embed_batch_size,
+                cache_dir=s.data_dir / "cache" / "urls",
+                progress=lambda d, t: bar.update(task, completed=d, total=t),
+            ).run(items)
+        console.print(
+            f"ingested: added {report.added}, unchanged {report.unchanged}, "
+            f"failed {len(report.failed)}"
+        )
+        engine = build_query_engine(
+            s, embedding=embedding, store=store, rerank=False if no_rerank else None
+        )
+        with console.status("searching..."):
+            result = engine.search(text=text, image=query)
+    finally:
+        store.close()
+    out = Console()
+    out.print(f"query: {text!r} + {query}")
+    print_results(result, out)
+    grid_path = save_result_grid(result, str(s.data_dir / "demo-results.png"))
+    out.print(f"results grid: {grid_path}")
 
 
 def main() -> None:

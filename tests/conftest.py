@@ -57,7 +57,7 @@ def run_cli(
 @pytest.fixture(scope="session")
 def tiny_kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTDIR of scripts/make_tiny_models.py (embed/ and, once the VLM lands, vlm/)."""
-    from scripts.make_tiny_models import make_embed_dir
+    from rag.tiny_models import make_embed_dir
 
     out = tmp_path_factory.mktemp("kit")
     make_embed_dir(out / "embed")

@@ -12,8 +12,8 @@ from PIL import Image
 
 from rag.embeddings import VisualizedBGEEmbedding
 from rag.errors import InputImageError, ModelLoadError
+from rag.tiny_models import make_embed_dir
 from rag.visualized_bge import MODEL_JSON, ModelDirSpec, VisionConfig
-from scripts.make_tiny_models import make_embed_dir
 from tests.reference_impl import build_reference
 
 

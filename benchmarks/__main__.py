@@ -1,0 +1,26 @@
+"""Run the benchmarks: ``python -m benchmarks [embedding|ingestion|query ...]`` (all by default);
+each writes benchmarks/results/<name>.json."""
+
+from __future__ import annotations
+
+import sys
+
+from benchmarks import embedding, ingestion, query
+
+ALL = {"embedding": embedding.run, "ingestion": ingestion.run, "query": query.run}
+
+
+def main(argv: list[str]) -> int:
+    names = argv or list(ALL)
+    unknown = [n for n in names if n not in ALL]
+    if unknown:
+        print(f"unknown benchmark(s) {unknown}; choose from {list(ALL)}", file=sys.stderr)
+        return 2
+    for name in names:
+        print(f"== {name}", flush=True)
+        ALL[name]()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main(sys.argv[1:]))
