@@ -5,9 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import embedding, ingestion, query
+from benchmarks import embedding, ingestion, query, rerank
 
-ALL = {"embedding": embedding.run, "ingestion": ingestion.run, "query": query.run}
+ALL = {
+    "embedding": embedding.run,
+    "ingestion": ingestion.run,
+    "query": query.run,
+    "rerank": rerank.run,
+}
 
 
 def main(argv: list[str]) -> int:

@@ -45,12 +45,7 @@ def open_store(
 
 
 def build_reranker(settings: Settings | None = None) -> Any:
-    """The configured VLM reranker, or ``None`` while no reranker backend is available."""
-    import logging
+    """The configured VLM reranker (its model loads lazily on the first rerank)."""
+    from rag.reranker import build_reranker_from_settings
 
-    try:
-        from rag.rerank import build_reranker_from_settings  # type: ignore[import-not-found]
-    except ImportError:
-        logging.getLogger(__name__).info("no VLM reranker available; results keep retrieval order")
-        return None
     return build_reranker_from_settings(settings or load_settings())

@@ -53,6 +53,13 @@ class Settings(BaseSettings):
     embed_batch_size: int = Field(default=16, ge=1, description="Images per embedding batch.")
     top_k: int = Field(default=9, ge=1, le=1000, description="Candidates retrieved per query.")
     rerank: bool = Field(default=True, description="Rerank retrieved candidates with the VLM.")
+    rerank_strategy: Literal["listwise", "first-token"] = Field(
+        default="listwise",
+        description="listwise (generate a ranking) or first-token (one prefill, fastest).",
+    )
+    rerank_passes: int = Field(
+        default=1, ge=1, le=10, description="Shuffled grid passes aggregated (position bias)."
+    )
     vlm_backend: VLMBackendName = Field(default="phi3v", description="Reranker VLM backend.")
     vlm_model: str = Field(
         default="microsoft/Phi-3.5-vision-instruct",
@@ -78,7 +85,9 @@ class Settings(BaseSettings):
             raise ValueError("must not be empty")
         return v.strip()
 
-    @field_validator("device", "dtype", "vlm_backend", "index_type", mode="before")
+    @field_validator(
+        "device", "dtype", "vlm_backend", "index_type", "rerank_strategy", mode="before"
+    )
     @classmethod
     def _normalise_case(cls, v: object) -> object:
         if isinstance(v, str):

@@ -110,3 +110,17 @@ def catalog(tmp_path: Path, milvus_uri: str, tiny_embedding):
     Ingestor(embedding=tiny_embedding, store=store, batch_size=6).run(list(catalog_items(cat)))
     yield store, folder, cat
     store.close()
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm_dir(tiny_kit: Path) -> Path:
+    from rag.tiny_vlm import make_vlm_dir
+
+    return make_vlm_dir(tiny_kit / "vlm")
+
+
+@pytest.fixture(scope="session")
+def tiny_vlm(tiny_vlm_dir: Path):
+    from rag.vlm import TransformersVLM
+
+    return TransformersVLM.from_pretrained(tiny_vlm_dir, device="cpu")
