@@ -76,9 +76,14 @@ class _Fingerprint:
     id: str
 
 
+def display_path(path: str) -> str:
+    """A printable form of a path whose bytes are not valid UTF-8 (b'caf\\xe9' -> 'caf\\xe9')."""
+    return path.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
 def _reason(err: Exception, label: str) -> str:
     text = str(err)
-    return text[len(label) + 2 :] if text.startswith(label + ": ") else text
+    return display_path(text[len(label) + 2 :] if text.startswith(label + ": ") else text)
 
 
 class Ingestor:
@@ -120,6 +125,13 @@ class Ingestor:
 
     # -- stage 1: where is each image, what is in it ------------------------------------
     def _fingerprint(self, item: CatalogItem) -> _Fingerprint:
+        try:
+            item.key.encode("utf-8")
+        except UnicodeEncodeError as e:
+            # Milvus stores UTF-8 strings only; a lossy key would break idempotency.
+            raise InputImageError(
+                f"{item.image}: file name is not valid UTF-8; rename the file"
+            ) from e
         local = str(fetch(item.image, self.cache_dir)) if item.is_url else item.image
         sha = content_sha256(read_bytes(local))
         return _Fingerprint(item, local, sha, row_id(item.key, sha))
@@ -141,7 +153,9 @@ class Ingestor:
         unique: dict[str, CatalogItem] = {}
         for item in items:
             if item.key in unique:
-                report.failed.append({"path": item.image, "error": f"duplicate key {item.key!r}"})
+                report.failed.append(
+                    {"path": display_path(item.image), "error": f"duplicate key {item.key!r}"}
+                )
                 continue
             unique[item.key] = item
         total = len(unique) + len(report.failed)
@@ -154,7 +168,9 @@ class Ingestor:
                 try:
                     prints.append(fut.result())
                 except InputImageError as e:
-                    report.failed.append({"path": item.image, "error": _reason(e, item.image)})
+                    report.failed.append(
+                        {"path": display_path(item.image), "error": _reason(e, item.image)}
+                    )
                     done += 1
                     self._tick(done, total)
 
@@ -187,6 +203,8 @@ class Ingestor:
                 k: ids for k, ids in self.store.keys_for_source(source).items() if k not in keep
             }
             report.pruned += self.store.delete_ids([i for ids in gone.values() for i in ids])
+        if report.embedded or report.pruned or report.replaced:
+            self.store.flush()
         report.seconds = time.perf_counter() - started
         return report
 
@@ -220,7 +238,9 @@ class Ingestor:
             try:
                 batch.append(fut.result())
             except MMSearchError as e:
-                report.failed.append({"path": fp.item.image, "error": _reason(e, fp.item.image)})
+                report.failed.append(
+                    {"path": display_path(fp.item.image), "error": _reason(e, fp.item.image)}
+                )
                 done += 1
                 self._tick(done, total)
             if len(batch) == self.batch_size or (not pending and batch):

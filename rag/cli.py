@@ -185,8 +185,9 @@ def print_results(result: Any, console: Any) -> None:
     from rich.table import Table
 
     table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("#", "id", "score", "was", "title / image"):
-        table.add_column(col, justify="right" if col in ("#", "score", "was") else "left")
+    for col in ("#", "id", "score", "was"):
+        table.add_column(col, justify="right" if col != "id" else "left", no_wrap=True)
+    table.add_column("title / image", overflow="fold")  # wrap, never cut a path short
     for row in result.results:
         label = row.get("title") or row.get("image_path") or ""
         score = "" if row["score"] is None else f"{row['score']:.3f}"
@@ -269,6 +270,66 @@ def chat(
         engine.close()
 
 
+@app.command("eval")
+def eval_(
+    queries: str = typer.Argument(..., help="Query file: our JSONL, CIRR or FashionIQ captions."),
+    images: str | None = typer.Option(None, "--images", help="Folder with the data set images."),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Retrieval metrics only."),
+    both: bool = typer.Option(False, "--both", help="Retrieval and rerank metrics."),
+    top_k: int = typer.Option(10, "--top-k", min=10, max=25, help="Candidates per query."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    plot_out: str | None = typer.Option(None, "--plot", help="Save a bar chart (PNG)."),
+) -> None:
+    """Measure Recall@1/5/10, MRR@10, nDCG@10 with and without rerank on a labelled query set."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rag.evaluation import evaluate, plot, read_queries
+    from rag.query_engine import build_query_engine
+
+    if no_rerank and both:
+        raise MMSearchError("--no-rerank and --both exclude each other")
+    qs = read_queries(Path(queries), Path(images) if images else None)
+    modes = ["retrieval"] if no_rerank else ["retrieval", "rerank"] if both else ["rerank"]
+    s = _settings()
+    engine = build_query_engine(s, rerank="rerank" in modes)
+    try:
+        with _progress_bar("eval") as bar:
+            task = bar.add_task("eval", total=len(qs) * len(modes), rate="")
+            done = {"n": 0}
+
+            def progress(mode: str, i: int, n: int) -> None:
+                done["n"] += 1
+                bar.update(task, completed=done["n"], rate=mode)
+
+            report = evaluate(engine, qs, modes=modes, top_k=top_k, progress=progress)
+    finally:
+        engine.close()
+    if plot_out:
+        report["plot"] = str(plot(report, Path(plot_out)))
+    if as_json:
+        _echo_json(report)
+        return
+    table = Table(box=None)
+    table.add_column("metric")
+    for mode in modes:
+        table.add_column(mode, justify="right")
+    for key in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
+        table.add_row(key, *[f"{report[m][key]:.3f}" for m in modes])
+    console = Console()
+    console.print(f"{report['queries']} queries, top {top_k}")
+    console.print(table)
+    for mode in modes:
+        console.print(
+            f"{mode}: rerank status {report[mode]['rerank_status']}, "
+            f"latency ms {report[mode]['latency_ms']}"
+        )
+    if plot_out:
+        console.print(f"plot saved to {report['plot']}")
+
+
 models_app = typer.Typer(help="Download or import embedding models.", no_args_is_help=True)
 app.add_typer(models_app, name="models")
 
@@ -307,6 +368,23 @@ def models_import(
     dest = Path(directory) if directory else default_dir(variant, s.models_dir)
     path = import_files(variant, Path(checkpoint), Path(text_model), dest)
     typer.echo(f"model ready in {path}")
+
+
+data_app = typer.Typer(help="Download demo data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("pull")
+def data_pull(
+    name: str = typer.Argument(..., help="amazon-subset (the original notebook's 900 images)."),
+) -> None:
+    """Download, verify and extract a demo data set under MMSEARCH_DATA_DIR."""
+    from ingestion.datasets import amazon_subset_paths, pull_amazon_subset
+
+    if name != "amazon-subset":
+        raise MMSearchError(f"unknown data set {name!r}; available: amazon-subset")
+    images, query = amazon_subset_paths(pull_amazon_subset(_settings().data_dir))
+    typer.echo(f"images in {images}; query image {query}")
 
 
 @app.command()

@@ -17,7 +17,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores import MetadataFilters, VectorStoreQuery
 
-from rag.errors import EmptyQueryError
+from rag.errors import EmptyQueryError, StoreError
 from rag.report import record
 
 logger = logging.getLogger(__name__)
@@ -84,13 +84,19 @@ class ComposedRetriever(BaseRetriever):
         t0 = time.perf_counter()
         vector = self.embed_query(bundle)
         t1 = time.perf_counter()
-        result = self.vector_store.query(
-            VectorStoreQuery(
-                query_embedding=vector,
-                similarity_top_k=top_k or self.top_k,
-                filters=filters if filters is not None else self.filters,
+        try:
+            result = self.vector_store.query(
+                VectorStoreQuery(
+                    query_embedding=vector,
+                    similarity_top_k=top_k or self.top_k,
+                    filters=filters if filters is not None else self.filters,
+                )
             )
-        )
+        except Exception as e:  # a dropped collection, a dead server, a bad filter field
+            from rag.store import _short
+
+            name = getattr(self.vector_store, "collection_name", "?")
+            raise StoreError(f"search in collection {name!r} failed: {_short(e)}") from e
         t2 = time.perf_counter()
         record(timings_embed_s=t1 - t0, timings_search_s=t2 - t1)
         out = []

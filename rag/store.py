@@ -375,6 +375,14 @@ class CatalogStore:
             it.close()
         return out
 
+    def flush(self) -> None:
+        """Seal what was written. Milvus Lite searches unsealed rows by brute force in Python:
+        measured here at 10k rows, ~800 ms per search before a flush, ~20 ms after."""
+        try:
+            self._client.flush(self.collection)
+        except Exception as e:
+            raise StoreError(f"cannot flush collection {self.collection!r}: {_short(e)}") from e
+
     def delete_ids(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         for chunk in _chunks(ids, _QUERY_CHUNK):

@@ -1,5 +1,3 @@
-import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -9,6 +7,7 @@ from llama_index.core.vector_stores import MetadataFilter, MetadataFilters, Vect
 
 from rag.errors import StoreError, StoreLockedError, StoreMismatchError
 from rag.store import CatalogStore, collection_info
+from tests.helpers import lite_lock_held
 
 
 def _node(i: int, vec: list[float], **meta: object) -> ImageNode:
@@ -104,22 +103,8 @@ def test_unreachable_server() -> None:
 
 def test_second_process_gets_lock_error(milvus_uri: str) -> None:
     CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1").close()
-    holder = subprocess.Popen(
-        [
-            sys.executable,
-            "-c",
-            "import sys, time; from pymilvus import MilvusClient; "
-            f"MilvusClient(uri={milvus_uri!r}); print('ready', flush=True); time.sleep(60)",
-        ],
-        stdout=subprocess.PIPE,
-        text=True,
-    )
-    try:
-        assert holder.stdout is not None and holder.stdout.readline().strip() == "ready"
+    with lite_lock_held(milvus_uri):
         started = time.monotonic()
         with pytest.raises(StoreLockedError, match="another process has the Milvus Lite database"):
             CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1")
         assert time.monotonic() - started < 30  # fails fast, no hang
-    finally:
-        holder.kill()
-        holder.wait()
