@@ -81,6 +81,7 @@ class ChatSession:
         self.state = ChatState()
         self.console = Console(file=out, width=110, highlight=False, soft_wrap=False)
         self.grid_dir = grid_dir or Path(tempfile.mkdtemp(prefix="mmsearch-grid-"))
+        self._skip_shown: str | None = None  # say "rerank skipped: why" once, not every turn
 
     def say(self, text: str) -> None:
         self.console.print(text, markup=False)
@@ -198,7 +199,10 @@ class ChatSession:
         self.state.last_query_image = image
         if image:
             self.say(f"query: {text!r} + image {image}")
-        print_results(result, self.console)
+        detail = result.rerank.get("detail", "")
+        print_results(result, self.console, show_skip=detail != self._skip_shown)
+        if result.rerank["status"] == "skipped":
+            self._skip_shown = detail
 
 
 def _has_display() -> bool:

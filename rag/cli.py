@@ -180,7 +180,7 @@ def save_result_grid(result: Any, out: str) -> str:
     return str(path)
 
 
-def print_results(result: Any, console: Any) -> None:
+def print_results(result: Any, console: Any, *, show_skip: bool = True) -> None:
     """The compact results table plus caption / reason / rerank note."""
     from rich.table import Table
 
@@ -202,7 +202,7 @@ def print_results(result: Any, console: Any) -> None:
     status, detail = result.rerank["status"], result.rerank.get("detail", "")
     if status in ("repaired", "fallback"):
         console.print(f"[yellow]note: rerank {status}: {detail}[/yellow]")
-    elif status == "skipped":
+    elif status == "skipped" and show_skip:
         console.print(f"[dim]rerank skipped: {detail}[/dim]")
 
 

@@ -112,6 +112,7 @@ class MMSearchQueryEngine(BaseQueryEngine):
         node_postprocessors: Sequence[BaseNodePostprocessor] = (),
         store: Any = None,
         rerank: bool = True,
+        no_reranker_detail: str = "no reranker configured",
         callback_manager: CallbackManager | None = None,
     ) -> None:
         super().__init__(callback_manager=callback_manager or CallbackManager([]))
@@ -120,6 +121,7 @@ class MMSearchQueryEngine(BaseQueryEngine):
         self.node_postprocessors = list(node_postprocessors)
         self.store = store
         self.rerank_default = rerank
+        self.no_reranker_detail = no_reranker_detail
 
     def _get_prompt_modules(self) -> dict[str, Any]:
         return {"reranker": self.reranker} if self.reranker is not None else {}
@@ -148,7 +150,7 @@ class MMSearchQueryEngine(BaseQueryEngine):
             if not do_rerank:
                 record(rerank_status="skipped", rerank_detail="rerank disabled")
             elif self.reranker is None:
-                record(rerank_status="skipped", rerank_detail="no reranker configured")
+                record(rerank_status="skipped", rerank_detail=self.no_reranker_detail)
             elif not nodes:
                 record(rerank_status="skipped", rerank_detail="no candidates")
             else:
@@ -244,17 +246,24 @@ def build_query_engine(
         embedding, store, reranker: ready components (skip loading them from settings).
     """
     from rag.factory import build_embedding, build_reranker, open_store
+    from rag.reranker import vlm_configuration_problem
     from rag.settings import load_settings
 
     s = settings or load_settings()
     embedding = embedding or build_embedding(s)
     store = store or open_store(s, embedding, create=False)
     do_rerank = s.rerank if rerank is None else rerank
+    problem = None
     if reranker is None and do_rerank:
-        reranker = build_reranker(s)
+        problem = vlm_configuration_problem(s)
+        reranker = None if problem else build_reranker(s)
     retriever = ComposedRetriever(
         embedding=embedding, vector_store=store.vector_store, top_k=s.top_k
     )
     return MMSearchQueryEngine(
-        retriever=retriever, reranker=reranker, store=store, rerank=do_rerank
+        retriever=retriever,
+        reranker=reranker,
+        store=store,
+        rerank=do_rerank,
+        no_reranker_detail=problem or "no reranker configured",
     )

@@ -193,14 +193,15 @@ class VLMReranker(BaseNodePostprocessor, PromptMixin):
         except Exception as e:
             if self.raise_on_failure:
                 raise
-            logger.warning("rerank failed, keeping retrieval order: %s", e)
-            parsed = ParsedRanking(
-                list(range(1, k + 1)), "fallback", None, f"{type(e).__name__}: {e}"[:300]
-            )
+            # The status and detail reach the user with the results; the log is for debugging.
+            logger.info("rerank failed, keeping retrieval order: %s", e)
+            message = str(e) if isinstance(e, RuntimeError) else f"{type(e).__name__}: {e}"
+            parsed = ParsedRanking(list(range(1, k + 1)), "fallback", None, message[:300])
         ordered = [head[i - 1] for i in parsed.ranking] + tail
         for pos, nws in enumerate(ordered, start=1):
             nws.node.metadata["rerank_rank"] = pos
-            nws.score = (len(ordered) - pos + 1) / len(ordered)
+            if parsed.status != "fallback":  # a fallback keeps the retrieval scores
+                nws.score = (len(ordered) - pos + 1) / len(ordered)
         record(
             reason=reason or parsed.reason,
             rerank_status=parsed.status,
@@ -277,6 +278,20 @@ class VLMReranker(BaseNodePostprocessor, PromptMixin):
             reason = self._reason(grid, instruction, caption, results[0].ranking[0])
             timings["reason_s"] = time.perf_counter() - t0
         return final, reason
+
+
+def vlm_configuration_problem(settings: Any) -> str | None:
+    """Why the configured VLM cannot be used at all (then rerank is skipped), or None."""
+    s = settings
+    if s.vlm_backend == "phi3v" and not s.vlm_trust_remote_code:
+        return (
+            "no VLM configured: Phi-3 Vision runs its own code from the Hub; set "
+            "MMSEARCH_VLM_TRUST_REMOTE_CODE=true and MMSEARCH_VLM_REVISION=<commit>, or "
+            "MMSEARCH_VLM_BACKEND=openai with MMSEARCH_VLM_BASE_URL"
+        )
+    if s.vlm_backend == "openai" and not s.vlm_base_url:
+        return "no VLM configured: MMSEARCH_VLM_BACKEND=openai needs MMSEARCH_VLM_BASE_URL"
+    return None
 
 
 def build_reranker_from_settings(settings: Any) -> VLMReranker:

@@ -120,8 +120,8 @@ def test_cli_eval(catalog, tiny_embed_dir, milvus_uri, tmp_path: Path) -> None:
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
     assert data["retrieval"]["recall@1"] >= 0.8
-    # the default VLM is not opted in: the rerank mode reports its fallbacks honestly
-    assert data["rerank"]["rerank_status"] == {"fallback": 5}
+    # the default VLM is not opted in: the rerank mode reports that it was skipped
+    assert data["rerank"]["rerank_status"] == {"skipped": 5}
     assert plot.is_file() and plot.stat().st_size > 1000
     bad = run_cli("eval", str(tmp_path / "missing.jsonl"), env=env)
     assert bad.returncode == 1 and "cannot read" in bad.stderr

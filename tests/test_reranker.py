@@ -249,8 +249,14 @@ def test_default_settings_degrade_visibly(catalog, tiny_embedding) -> None:
     store, _, _ = catalog
     engine = build_query_engine(Settings(), embedding=tiny_embedding, store=store)
     res = engine.search(text="red")
-    assert len(res.results) == 9 and res.rerank["status"] == "fallback"
+    assert len(res.results) == 9 and res.rerank["status"] == "skipped"
     assert "MMSEARCH_VLM_TRUST_REMOTE_CODE" in res.rerank["detail"]
+    # a configured VLM that cannot load degrades to fallback (retrieval order, scores kept)
+    hf = Settings(vlm_backend="hf", vlm_model=str(Path("/nonexistent/vlm")))
+    res = build_query_engine(hf, embedding=tiny_embedding, store=store).search(text="red")
+    assert res.rerank["status"] == "fallback" and "cannot load the VLM" in res.rerank["detail"]
+    assert [r["retrieval_rank"] for r in res.results] == list(range(1, 10))
+    assert all(r["score"] == r["retrieval_score"] for r in res.results)
 
 
 # -- phi3v specifics ----------------------------------------------------------------------

@@ -136,9 +136,9 @@ def test_cli_search(catalog, tiny_embed_dir: Path, milvus_uri: str, tmp_path: Pa
     data = json.loads(res.stdout)
     assert data["results"][0]["title"] == "Product 4" or data["query"]["kind"] == "composed"
     assert len(data["results"]) == 5
-    # Default settings ask for Phi-3 Vision, whose remote code is not opted in: search still
-    # works and says why the rerank fell back.
-    assert data["rerank"]["status"] == "fallback"
+    # Default settings ask for Phi-3 Vision, whose remote code is not opted in: the rerank is
+    # skipped and the detail says how to configure it.
+    assert data["rerank"]["status"] == "skipped"
     assert "MMSEARCH_VLM_TRUST_REMOTE_CODE" in data["rerank"]["detail"]
     assert grid.is_file() and data["grid"] == str(grid)
     table = run_cli("search", "--image", str(folder / "img_004.png"), "--no-rerank", env=env)
