@@ -114,6 +114,9 @@ def run(sizes: tuple[int, ...] | None = None, n_queries: int = 50) -> Path:
                 per["FLAT"]["search"]["p50_ms"] / per["HNSW"]["search"]["p50_ms"]
             )
             results["search"][str(n)] = per
+    from benchmarks.common import peak_rss_mb
+
+    results["peak_rss_mb"] = peak_rss_mb()  # model + Milvus Lite + the largest collection
     return write("query", results)
 
 

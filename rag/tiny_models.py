@@ -161,10 +161,8 @@ def main(argv: list[str] | None = None) -> int:
     embed = make_embed_dir(args.outdir / "embed", full_size=args.full_size, seed=args.seed)
     print(f"wrote {embed}")
     if not args.no_vlm:
-        try:
-            from rag.tiny_vlm import make_vlm_dir  # type: ignore[import-not-found]
-        except ImportError:  # the reranker's tiny VLM is not part of this build yet
-            return 0
+        from rag.tiny_vlm import make_vlm_dir
+
         vlm = make_vlm_dir(args.outdir / "vlm", seed=args.seed)
         print(f"wrote {vlm}")
     return 0

@@ -290,3 +290,22 @@ def test_two_checkpoints_refused(tiny_embed_dir: Path, tmp_path: Path) -> None:
     shutil.copy(_ckpt(d), d / "extra.pth")
     with pytest.raises(ModelLoadError, match="exactly one checkpoint"):
         VisualizedBGEEmbedding.from_local(d)
+
+
+def test_kit_script_writes_both_models(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from tests.conftest import REPO
+
+    res = subprocess.run(
+        [sys.executable, "scripts/make_tiny_models.py", str(tmp_path / "kit")],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr
+    assert (tmp_path / "kit" / "embed" / MODEL_JSON).is_file()
+    assert (tmp_path / "kit" / "vlm" / "config.json").is_file()
+    VisualizedBGEEmbedding.from_local(tmp_path / "kit" / "embed")

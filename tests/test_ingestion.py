@@ -281,6 +281,13 @@ def test_cli_ingest_json_and_strict(tmp_path: Path, tiny_embed_dir: Path) -> Non
     assert res.returncode == 1 and json.loads(res.stdout)["unchanged"] == 3
     stats = json.loads(run_cli("stats", "--json", env=env).stdout)
     assert stats["rows"] == 3 and stats["dim"] == 32
+    # Another model (a different random seed) must not be mixed into this collection.
+    from rag.tiny_models import make_embed_dir
+
+    other = make_embed_dir(tmp_path / "other", seed=1)
+    res = run_cli("ingest", str(folder), env={**env, "MMSEARCH_EMBED_MODEL": str(other)})
+    assert res.returncode == 1 and len(res.stderr.strip().splitlines()) == 1
+    assert "seed0" in res.stderr and "seed1" in res.stderr and "MMSEARCH_COLLECTION" in res.stderr
     res = run_cli("ingest", str(tmp_path / "nope"), env=env)
     assert res.returncode == 1 and res.stderr.strip().startswith("error:")
     assert "no such file or folder" in res.stderr and "Traceback" not in res.stderr
