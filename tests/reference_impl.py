@@ -76,7 +76,13 @@ def import_reference(workdir: Path, eva_name: str, vision_cfg: dict) -> type:
 
 
 def build_reference(
-    workdir: Path, text_dir: Path, vision: dict, *, seed: int = 0, scale: float = 5.0
+    workdir: Path,
+    text_dir: Path,
+    vision: dict,
+    *,
+    seed: int = 0,
+    scale: float = 5.0,
+    bge_name: str = "bge-base-en-v1.5",
 ) -> torch.nn.Module:
     """A reference model with random weights for a BERT text folder and an EVA tower config."""
     vision_cfg = {
@@ -97,14 +103,14 @@ def build_reference(
         "subln": True,
         "patch_dropout": 0.5,
     }
-    cls = import_reference(workdir, "EVA02-CLIP-B-16", vision_cfg)
+    # The reference picks its tower config by the text model's name.
+    eva_name = "EVA02-CLIP-L-14" if "bge-m3" in bge_name else "EVA02-CLIP-B-16"
+    cls = import_reference(workdir, eva_name, vision_cfg)
     original_load = cls.load_model
     cls.load_model = lambda self, weight: None  # we randomise and save instead of loading
     try:
         torch.manual_seed(seed)
-        ref = cls(
-            model_name_bge="bge-base-en-v1.5", model_weight="unused", from_pretrained=str(text_dir)
-        )
+        ref = cls(model_name_bge=bge_name, model_weight="unused", from_pretrained=str(text_dir))
     finally:
         cls.load_model = original_load
     # transformers >= 4.4x runs BERT on SDPA, which rejects the reference's fp16 mask next to

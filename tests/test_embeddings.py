@@ -309,3 +309,84 @@ def test_kit_script_writes_both_models(tmp_path: Path) -> None:
     assert (tmp_path / "kit" / "embed" / MODEL_JSON).is_file()
     assert (tmp_path / "kit" / "vlm" / "config.json").is_file()
     VisualizedBGEEmbedding.from_local(tmp_path / "kit" / "embed")
+
+
+def _tiny_xlmr_dir(out: Path) -> Path:
+    """A tiny bge-m3-style text folder: XLM-RoBERTa config + a sentencepiece model."""
+    import sentencepiece as spm
+    from transformers import XLMRobertaConfig, XLMRobertaTokenizer
+
+    out.mkdir(parents=True)
+    corpus = ["a phone case with this red shoes leopard print front view of this bag"] * 50
+    spm.SentencePieceTrainer.train(
+        sentence_iterator=iter(corpus),
+        model_prefix=str(out / "sentencepiece.bpe"),
+        vocab_size=25,
+        model_type="unigram",
+        pad_id=-1,
+        bos_id=-1,
+        eos_id=-1,
+        unk_id=0,
+        minloglevel=2,
+    )
+    tok = XLMRobertaTokenizer(vocab_file=str(out / "sentencepiece.bpe.model"))
+    tok.save_pretrained(out)
+    XLMRobertaConfig(
+        vocab_size=len(tok),
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=1024,
+        pad_token_id=1,
+        type_vocab_size=1,
+    ).save_pretrained(out)
+    return out
+
+
+def test_reference_equivalence_m3_layout(tmp_path: Path) -> None:
+    """bge-m3's text side is XLM-RoBERTa: default position ids start after the padding index
+    in the text-only path, explicit ones (image tokens 1..N, text after) in the composed path,
+    and the tower is the L/14 layout (256 patches). Same token ids into both implementations."""
+    from transformers import AutoConfig
+
+    from rag.visualized_bge import VisualizedBGE, load_checkpoint
+
+    text_dir = _tiny_xlmr_dir(tmp_path / "bge-m3-tiny")
+    vision = {"width": 32, "depth": 2, "head_width": 16, "patch_size": 14}
+    ref = build_reference(tmp_path, text_dir, vision, bge_name="bge-m3")
+    ckpt = tmp_path / "m3.pth"
+    torch.save(ref.state_dict(), ckpt)
+    ours = VisualizedBGE(
+        AutoConfig.from_pretrained(text_dir),
+        VisionConfig(width=32, depth=2, head_width=16, patch_size=14),
+    )
+    load_checkpoint(ckpt, ours)
+    ours.eval()
+    texts = ["a phone case with this", "red shoes"]
+    imgs = [_img(1), _img(2, (40, 120))]
+    with torch.no_grad():
+        pix = torch.stack([ref.preprocess_val(im) for im in imgs])
+        assert pix.shape[-1] == 224
+        tok = ref.tokenizer(texts, return_tensors="pt", padding=True)
+        pairs = [
+            (ref.encode_text(tok), ours.encode_text(tok["input_ids"], tok["attention_mask"])),
+            (
+                ref.encode_image(pix),
+                ours.encode_composed(
+                    pix, *ref.tokenizer(["", ""], return_tensors="pt", padding=True).values()
+                ),
+            ),
+        ]
+        for i, t in enumerate(texts):
+            one = ref.tokenizer([t], return_tensors="pt", padding=True)
+            pairs.append(
+                (
+                    ref.encode_mm(pix[i : i + 1], one),
+                    ours.encode_composed(pix[i : i + 1], one["input_ids"], one["attention_mask"]),
+                )
+            )
+    for r, o in pairs:
+        for a, b in zip(r, o, strict=True):
+            assert _cos(a.tolist(), b.tolist()) > 0.9999
+    assert ours.patch_tokens(pix).shape[1] == 256  # L/14 layout: 16x16 patches
