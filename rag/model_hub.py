@@ -19,12 +19,12 @@ from rag.visualized_bge import MODEL_JSON, VARIANTS, ModelDirSpec
 logger = logging.getLogger(__name__)
 
 CHECKPOINT_REPO = "BAAI/bge-visualized"
-# Pinned Hub revisions. bge-base-en-v1.5's commit is the one in wide use; the other two repos'
-# commits could not be looked up from this build machine (no Hub access), so their pulls are
-# pinned by the checkpoint's exact byte size instead and can be pinned with --revision.
+# Pinned Hub revisions of the text models (commits in wide use). The checkpoint repo's commit
+# could not be looked up from the build machine (no Hub access): its pull is guarded by the
+# checkpoint's exact byte size instead, and `mmsearch models pull --revision` pins it.
 REVISIONS: dict[str, str] = {
     "BAAI/bge-base-en-v1.5": "a5beb1e3e68b9ab74eb54cfd186867f64f240e1a",
-    "BAAI/bge-m3": "main",
+    "BAAI/bge-m3": "5617a9f61b028005a4858fdac845db406aefb181",
     CHECKPOINT_REPO: "main",
 }
 TEXT_FILES = (
