@@ -58,8 +58,9 @@ def _result_image(result: Any, n: int) -> str:
         raise MMSearchError(
             f"#{n} is out of range: the last search has {len(result.nodes)} results"
         )
-    meta = result.nodes[n - 1].node.metadata
-    path = meta.get("local_path") or meta.get("image_path")
+    from rag.display import node_image_path
+
+    path = node_image_path(result.nodes[n - 1].node)
     if not path:
         raise MMSearchError(f"result #{n} has no image path")
     return str(path)
@@ -162,7 +163,7 @@ class ChatSession:
         self.say("filters: " + " and ".join(args))
 
     def _grid(self, out: str | None) -> None:
-        from rag.cli import save_result_grid
+        from rag.display import save_result_grid
 
         if self.state.last is None:
             raise MMSearchError("no results yet")
@@ -179,7 +180,7 @@ class ChatSession:
             subprocess.Popen([opener, path], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
 
     def _search(self, line: str) -> None:
-        from rag.cli import print_results
+        from rag.display import print_results
 
         image = self.state.image
         text = line

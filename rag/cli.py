@@ -155,57 +155,6 @@ def ingest(
         raise typer.Exit(1)
 
 
-def _result_image(node: Any) -> str | None:
-    meta = node.metadata
-    return meta.get("local_path") or meta.get("image_path") or getattr(node, "image_path", None)
-
-
-def save_result_grid(result: Any, out: str) -> str:
-    """Save the results (and the query image) as one composite PNG; returns the path."""
-    from pathlib import Path
-
-    from rag.grid import build_grid
-
-    if not result.nodes:
-        raise MMSearchError("no results to draw")
-    grid = build_grid(
-        [_result_image(n.node) for n in result.nodes[:25]], query=result.query.get("image")
-    )
-    path = Path(out).expanduser()
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        grid.save(path)
-    except (OSError, ValueError) as e:
-        raise MMSearchError(f"cannot write grid image {out}: {e}") from e
-    return str(path)
-
-
-def print_results(result: Any, console: Any, *, show_skip: bool = True) -> None:
-    """The compact results table plus caption / reason / rerank note."""
-    from rich.table import Table
-
-    table = Table(show_header=True, header_style="bold", box=None, pad_edge=False)
-    for col in ("#", "id", "score", "was"):
-        table.add_column(col, justify="right" if col != "id" else "left", no_wrap=True)
-    table.add_column("title / image", overflow="fold")  # wrap, never cut a path short
-    for row in result.results:
-        label = row.get("title") or row.get("image_path") or ""
-        score = "" if row["score"] is None else f"{row['score']:.3f}"
-        table.add_row(
-            str(row["rank"]), row["id"][:12], score, str(row["retrieval_rank"] or ""), str(label)
-        )
-    console.print(table)
-    if result.caption:
-        console.print(f"[dim]caption:[/dim] {result.caption}")
-    if result.reason:
-        console.print(f"[dim]reason:[/dim] {result.reason}")
-    status, detail = result.rerank["status"], result.rerank.get("detail", "")
-    if status in ("repaired", "fallback"):
-        console.print(f"[yellow]note: rerank {status}: {detail}[/yellow]")
-    elif status == "skipped" and show_skip:
-        console.print(f"[dim]rerank skipped: {detail}[/dim]")
-
-
 @app.command()
 def search(
     text: str | None = typer.Argument(None, help="Query text or instruction."),
@@ -221,6 +170,7 @@ def search(
     """Search the catalog with text, an image, or an image plus an instruction."""
     from rich.console import Console
 
+    from rag.display import print_results, save_result_grid
     from rag.errors import EmptyQueryError
     from rag.filters import parse_filters
     from rag.query_engine import build_query_engine
@@ -402,6 +352,7 @@ def demo(
     from ingestion.datasets import amazon_subset_paths, make_synthetic_catalog, pull_amazon_subset
     from ingestion.pipeline import Ingestor
     from ingestion.sources import folder_items
+    from rag.display import print_results, save_result_grid
     from rag.factory import build_embedding, open_store
     from rag.model_hub import pull
     from rag.query_engine import build_query_engine

@@ -23,6 +23,7 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from pydantic import Field, PrivateAttr
 
 from prompts import load_prompt
+from rag.display import node_image_path
 from rag.grid import MAX_CANDIDATES, build_grid
 from rag.images import load_image, read_bytes
 from rag.rank_parser import ParsedRanking, parse_ranking
@@ -219,12 +220,7 @@ class VLMReranker(BaseNodePostprocessor, PromptMixin):
         timings: dict[str, float],
     ) -> tuple[ParsedRanking, str | None]:
         k = len(head)
-        images = [
-            n.node.metadata.get("local_path")
-            or n.node.metadata.get("image_path")
-            or getattr(n.node, "image_path", None)
-            for n in head
-        ]
+        images = [node_image_path(n.node) for n in head]
         prompt = self.rank_prompt(k, instruction, caption, query_image is not None)
         rng = random.Random(self.seed)
         rankings: list[list[int]] = []
