@@ -224,7 +224,27 @@ class CatalogStore:
             else:
                 schema.add_field(name, DataType.DOUBLE, nullable=True)
         schema.add_field(EMBEDDING_FIELD, DataType.FLOAT_VECTOR, dim=dim)
-        index_params = c.prepare_index_params()
+        properties = {PROP_MODEL: model_id, PROP_DIM: str(dim)}
+        try:
+            self._create_collection(schema, properties, scalar_indexes=True)
+        except Exception:
+            # Some deployments reject scalar INVERTED indexes; the vector index is what matters.
+            if c.has_collection(self.collection):
+                raise
+            self._create_collection(schema, properties, scalar_indexes=False)
+        props = self._describe().get("properties", {})
+        if PROP_MODEL not in props:
+            # Older servers ignore properties at creation time.
+            c.alter_collection_properties(self.collection, properties=properties)
+        self._ensure_loaded()
+        logger.info(
+            "created collection %s (dim %d, %s, IP)", self.collection, dim, self._index_type
+        )
+
+    def _create_collection(
+        self, schema: Any, properties: dict[str, str], *, scalar_indexes: bool
+    ) -> None:
+        index_params = self._client.prepare_index_params()
         index_params.add_index(
             field_name=EMBEDDING_FIELD,
             index_name=EMBEDDING_FIELD,
@@ -232,44 +252,15 @@ class CatalogStore:
             metric_type="IP",
             params=self._hnsw if self._index_type == "HNSW" else {},
         )
-        for name in ("item_key", "source"):
-            index_params.add_index(field_name=name, index_type="INVERTED", index_name=name)
-        try:
-            c.create_collection(
-                self.collection,
-                schema=schema,
-                index_params=index_params,
-                consistency_level="Strong",
-                properties={PROP_MODEL: model_id, PROP_DIM: str(dim)},
-            )
-        except Exception:
-            # Some deployments reject scalar INVERTED indexes; the vector index is what matters.
-            if c.has_collection(self.collection):
-                raise
-            index_params = c.prepare_index_params()
-            index_params.add_index(
-                field_name=EMBEDDING_FIELD,
-                index_name=EMBEDDING_FIELD,
-                index_type=self._index_type,
-                metric_type="IP",
-                params=self._hnsw if self._index_type == "HNSW" else {},
-            )
-            c.create_collection(
-                self.collection,
-                schema=schema,
-                index_params=index_params,
-                consistency_level="Strong",
-                properties={PROP_MODEL: model_id, PROP_DIM: str(dim)},
-            )
-        props = self._describe().get("properties", {})
-        if PROP_MODEL not in props:
-            # Older servers ignore properties at creation time.
-            c.alter_collection_properties(
-                self.collection, properties={PROP_MODEL: model_id, PROP_DIM: str(dim)}
-            )
-        self._ensure_loaded()
-        logger.info(
-            "created collection %s (dim %d, %s, IP)", self.collection, dim, self._index_type
+        if scalar_indexes:
+            for name in ("item_key", "source"):
+                index_params.add_index(field_name=name, index_type="INVERTED", index_name=name)
+        self._client.create_collection(
+            self.collection,
+            schema=schema,
+            index_params=index_params,
+            consistency_level="Strong",
+            properties=properties,
         )
 
     def _describe(self) -> dict[str, Any]:
