@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from rag.visualized_bge import ModelDirSpec, VisionConfig, VisualizedBGE
+from rag.visualized_bge import TEXT_PREFIXES, ModelDirSpec, VisionConfig, VisualizedBGE
 
 _WORDS = (
     "a an the this that with without like but in on of for and or to from is are "
@@ -69,12 +69,10 @@ def reference_state_dict(model: VisualizedBGE, clip_dim: int) -> dict[str, torch
     out: dict[str, torch.Tensor] = {}
     cfg = model.vision_config
     for key, value in model.state_dict().items():
-        if key.startswith("text.embeddings."):
-            out["bge_embeddings." + key.removeprefix("text.embeddings.")] = value
-        elif key.startswith("text.encoder."):
-            out["bge_encoder." + key.removeprefix("text.encoder.")] = value
-        elif key.startswith("text.pooler."):
-            out["bge_pooler." + key.removeprefix("text.pooler.")] = value
+        ours = next((p for p in TEXT_PREFIXES.items() if key.startswith(p[1])), None)
+        if ours is not None:
+            ref_prefix, our_prefix = ours
+            out[ref_prefix + key.removeprefix(our_prefix)] = value
         elif key.startswith("visual_proj."):
             out[key] = value
         elif key.startswith("tower."):

@@ -34,6 +34,12 @@ CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 # Checkpoint tensors that the model does not use: the EVA-CLIP projection head and logit scale
 # (CLIP training leftovers) and buffers that are recomputed (rotary tables, position-id buffers).
 _UNUSED_SUFFIXES = ("rope.freqs_cos", "rope.freqs_sin", "position_ids", "token_type_ids")
+# Reference checkpoint prefix -> our module prefix for the text model.
+TEXT_PREFIXES = {
+    "bge_embeddings.": "text.embeddings.",
+    "bge_encoder.": "text.encoder.",
+    "bge_pooler.": "text.pooler.",
+}
 _UNUSED_KEYS = (
     "model_visual.logit_scale",
     "model_visual.visual.head.weight",
@@ -237,12 +243,9 @@ def map_reference_state_dict(
             raise ModelLoadError(f"checkpoint entry {key!r} is not a tensor")
         if key in _UNUSED_KEYS or key.endswith(_UNUSED_SUFFIXES):
             continue
-        if key.startswith("bge_embeddings."):
-            out["text.embeddings." + key.removeprefix("bge_embeddings.")] = value
-        elif key.startswith("bge_encoder."):
-            out["text.encoder." + key.removeprefix("bge_encoder.")] = value
-        elif key.startswith("bge_pooler."):
-            out["text.pooler." + key.removeprefix("bge_pooler.")] = value
+        text_prefix = next((p for p in TEXT_PREFIXES if key.startswith(p)), None)
+        if text_prefix is not None:
+            out[TEXT_PREFIXES[text_prefix] + key.removeprefix(text_prefix)] = value
         elif key.startswith("visual_proj."):
             out[key] = value
         elif key.startswith("model_visual.visual."):
