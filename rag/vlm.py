@@ -114,6 +114,43 @@ def _require_pinned(model_id: str, revision: str | None, trust_remote_code: bool
         )
 
 
+def _load_pretrained(
+    model_id: str | Path,
+    auto_class: str,
+    *,
+    device: str,
+    dtype: str,
+    revision: str | None,
+    trust_remote_code: bool,
+    processor_kwargs: dict[str, Any] | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> tuple[Any, Any]:
+    """(model on the chosen device/dtype, processor); load failures become ModelLoadError."""
+    import transformers
+
+    from rag.visualized_bge import resolve_device, resolve_dtype
+
+    dev = resolve_device(device)
+    try:
+        processor = transformers.AutoProcessor.from_pretrained(
+            model_id,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            **(processor_kwargs or {}),
+        )
+        model = getattr(transformers, auto_class).from_pretrained(
+            model_id,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+            torch_dtype=resolve_dtype(dtype, dev),
+            **(model_kwargs or {}),
+        )
+    except (OSError, ValueError) as e:
+        where = f"{model_id}@{revision}" if revision else str(model_id)
+        raise ModelLoadError(f"cannot load the VLM {where}: {str(e).splitlines()[0][:200]}") from e
+    return model.to(dev), processor
+
+
 class TransformersVLM(VLMBackend):
     """A transformers image-text-to-text model with a chat template (backend ``hf``).
 
@@ -146,27 +183,16 @@ class TransformersVLM(VLMBackend):
         revision: str | None = None,
         trust_remote_code: bool = False,
     ) -> TransformersVLM:
-        from transformers import AutoModelForImageTextToText, AutoProcessor
-
-        from rag.visualized_bge import resolve_device, resolve_dtype
-
         _require_pinned(str(model_id), revision, trust_remote_code)
-        dev = resolve_device(device)
-        try:
-            processor = AutoProcessor.from_pretrained(
-                model_id, revision=revision, trust_remote_code=trust_remote_code
-            )
-            model = AutoModelForImageTextToText.from_pretrained(
-                model_id,
-                revision=revision,
-                trust_remote_code=trust_remote_code,
-                torch_dtype=resolve_dtype(dtype, dev),
-            )
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(
-                f"cannot load the VLM {model_id}: {str(e).splitlines()[0][:200]}"
-            ) from e
-        return cls(model=model.to(dev), processor=processor)  # type: ignore[arg-type]
+        model, processor = _load_pretrained(
+            model_id,
+            "AutoModelForImageTextToText",
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=trust_remote_code,
+        )
+        return cls(model=model, processor=processor)
 
     # The model code may modify input tensors in place (Phi-3 Vision clamps input_ids), so
     # every call builds fresh processor outputs.
@@ -291,10 +317,6 @@ class Phi3VisionVLM(TransformersVLM):
     ) -> Phi3VisionVLM:
         import importlib.util
 
-        from transformers import AutoModelForCausalLM, AutoProcessor
-
-        from rag.visualized_bge import resolve_device, resolve_dtype
-
         if not trust_remote_code:
             raise ConfigError(
                 f"{model_id} runs its own Python code from the Hub: opt in with "
@@ -303,28 +325,18 @@ class Phi3VisionVLM(TransformersVLM):
             )
         _require_pinned(str(model_id), revision, trust_remote_code)
         patch_dynamic_cache()
-        dev = resolve_device(device)
         attn = {} if importlib.util.find_spec("flash_attn") else {"_attn_implementation": "eager"}
-        try:
-            processor = AutoProcessor.from_pretrained(
-                model_id, revision=revision, trust_remote_code=True, num_crops=num_crops
-            )
-            model = AutoModelForCausalLM.from_pretrained(
-                model_id,
-                revision=revision,
-                trust_remote_code=True,
-                torch_dtype=resolve_dtype(dtype, dev),
-                **attn,
-            )
-        except (OSError, ValueError) as e:
-            raise ModelLoadError(
-                f"cannot load the VLM {model_id}@{revision}: {str(e).splitlines()[0][:200]}"
-            ) from e
-        return cls(
-            model=model.to(dev),  # type: ignore[arg-type]
-            processor=processor,
-            end_token_ids=PHI3V_END_IDS,
+        model, processor = _load_pretrained(
+            model_id,
+            "AutoModelForCausalLM",
+            device=device,
+            dtype=dtype,
+            revision=revision,
+            trust_remote_code=True,
+            processor_kwargs={"num_crops": num_crops},
+            model_kwargs=attn,
         )
+        return cls(model=model, processor=processor, end_token_ids=PHI3V_END_IDS)
 
 
 # -- OpenAI-compatible endpoint ------------------------------------------------------------
