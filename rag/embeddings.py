@@ -87,19 +87,18 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
 
     # -- core batched encoders ----------------------------------------------------------
     def _tokenize(self, texts: list[str], max_length: int) -> Any:
-        enc = self._tokenizer(
-            texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
-        )
-        long_ones = [
-            i
-            for i, ids in enumerate(self._tokenizer(texts, truncation=False)["input_ids"])
-            if len(ids) > max_length
-        ]
-        if long_ones:
+        # One tokenisation in the usual case; only a batch with an over-long text is
+        # tokenised again, truncated.
+        enc = self._tokenizer(texts, padding=True, truncation=False, return_tensors="pt")
+        if enc["input_ids"].shape[1] > max_length:
+            lengths = enc["attention_mask"].sum(dim=1)
             logger.warning(
                 "%d text(s) longer than the %d-token budget were truncated",
-                len(long_ones),
+                int((lengths > max_length).sum()),
                 max_length,
+            )
+            enc = self._tokenizer(
+                texts, padding=True, truncation=True, max_length=max_length, return_tensors="pt"
             )
         return enc.to(self._model_device())
 
