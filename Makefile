@@ -6,7 +6,7 @@
 PYTHON ?= python3.11
 VENV   ?= .venv
 PY     := $(VENV)/bin/python
-# torch first, so pip takes the local wheels where a machine has them (DESIGN.md §8).
+# torch first, so pip takes the local wheels where a machine has them (docs/architecture.md, "Tests and the environment").
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 

@@ -10,8 +10,8 @@ from benchmarks.common import peak_rss_mb, timed, write
 
 
 def run(n_images: int = 16, batch_sizes: tuple[int, ...] = (1, 8, 16)) -> Path:
-    from rag.embeddings import VisualizedBGEEmbedding
-    from rag.tiny_models import make_embed_dir
+    from rag.embedding.multimodal import VisualizedBGEEmbedding
+    from rag.embedding.tiny import make_embed_dir
     from tests.helpers import make_image
 
     with tempfile.TemporaryDirectory() as tmp:

@@ -16,9 +16,9 @@ def run(n_images: int = 32, insert_rows: int = 10_000) -> Path:
 
     from ingestion.pipeline import Ingestor
     from ingestion.sources import folder_items
-    from rag.embeddings import VisualizedBGEEmbedding
-    from rag.store import CatalogStore
-    from rag.tiny_models import make_embed_dir
+    from rag.embedding.multimodal import VisualizedBGEEmbedding
+    from rag.embedding.tiny import make_embed_dir
+    from rag.store.milvus import CatalogStore
     from tests.helpers import make_image
 
     with tempfile.TemporaryDirectory() as tmp:

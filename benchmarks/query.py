@@ -39,9 +39,9 @@ def run(sizes: tuple[int, ...] | None = None, n_queries: int = 50) -> Path:
     if sizes is None:
         sizes = tuple(int(x) for x in os.environ.get("MMSEARCH_BENCH_ROWS", "10000").split(","))
 
-    from rag.embeddings import VisualizedBGEEmbedding
-    from rag.store import CatalogStore
-    from rag.tiny_models import make_embed_dir
+    from rag.embedding.multimodal import VisualizedBGEEmbedding
+    from rag.embedding.tiny import make_embed_dir
+    from rag.store.milvus import CatalogStore
     from tests.helpers import make_image
 
     rng = np.random.RandomState(0)

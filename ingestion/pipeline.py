@@ -24,14 +24,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from ingestion.downloads import fetch
 from ingestion.sources import CatalogItem
-from rag.errors import InputImageError, MMSearchError
-from rag.images import content_sha256, load_image, preprocess, read_bytes
+from rag.core.fetch import fetch
+from rag.core.images import content_sha256, load_image, read_bytes
+from rag.embedding.preprocess import preprocess
+from rag.errors import ConfigError, InputImageError, MMSearchError
 
 if TYPE_CHECKING:
-    from rag.embeddings import VisualizedBGEEmbedding
-    from rag.store import CatalogStore
+    from rag.embedding.multimodal import VisualizedBGEEmbedding
+    from rag.store.milvus import CatalogStore
 
 logger = logging.getLogger(__name__)
 
@@ -86,6 +87,19 @@ def _reason(err: Exception, label: str) -> str:
     return display_path(text[len(label) + 2 :] if text.startswith(label + ": ") else text)
 
 
+class _Ticker:
+    """Counts finished items and reports (done, total) to the progress callback."""
+
+    def __init__(self, progress: Progress | None) -> None:
+        self.progress = progress
+        self.done = self.total = 0
+
+    def add(self, n: int = 1) -> None:
+        self.done += n
+        if self.progress is not None:
+            self.progress(self.done, self.total)
+
+
 class Ingestor:
     """Indexes catalog items into one collection.
 
@@ -109,10 +123,11 @@ class Ingestor:
         progress: Progress | None = None,
     ) -> None:
         if batch_size < 1:
-            raise ValueError(f"batch_size must be > 0, got {batch_size}")
+            raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         if workers < 1:
-            raise ValueError(f"workers must be > 0, got {workers}")
-        from rag.index import build_index
+            raise ConfigError(f"workers must be > 0, got {workers}")
+        from llama_index.core import StorageContext
+        from llama_index.core.indices import MultiModalVectorStoreIndex
 
         self.embedding = embedding
         self.store = store
@@ -120,7 +135,17 @@ class Ingestor:
         self.workers = workers
         self.cache_dir = cache_dir or Path("./data/cache/urls")
         self.progress = progress
-        self.index = build_index(store, embedding)
+        # Both the text and the image store are the one collection: Visualized BGE puts text
+        # and images in one space, and a text store that keeps text stops LlamaIndex from
+        # also copying every node into an in-memory docstore. Models are passed explicitly
+        # (LlamaIndex's defaults resolve to OpenAI / CLIP).
+        self.index = MultiModalVectorStoreIndex(
+            nodes=[],
+            storage_context=StorageContext.from_defaults(vector_store=store.vector_store),
+            image_vector_store=store.vector_store,
+            embed_model=embedding,
+            image_embed_model=embedding,
+        )
         self._size = embedding.model.vision_config.image_size
 
     # -- stage 1: where is each image, what is in it ------------------------------------
@@ -148,8 +173,27 @@ class Ingestor:
     def run(
         self, items: Iterable[CatalogItem], *, prune_sources: Iterable[str] = ()
     ) -> IngestReport:
+        """Index ``items``; with ``prune_sources``, also drop rows of those sources whose item
+        is no longer listed. Bad items are skipped and reported, never fatal."""
         started = time.perf_counter()
         report = IngestReport()
+        ticker = _Ticker(self.progress)
+        unique = self._unique(items, report)
+        ticker.total = len(unique) + len(report.failed)
+        ticker.add(len(report.failed))
+        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ingest") as pool:
+            prints = self._fingerprint_all(pool, list(unique.values()), report, ticker)
+            todo, stale = self._classify(prints, report, ticker)
+            self._embed_all(pool, todo, stale, report, ticker)
+        for source in prune_sources:
+            report.pruned += self._prune(source, set(unique))
+        if report.embedded or report.pruned or report.replaced:
+            self.store.flush()
+        report.seconds = time.perf_counter() - started
+        return report
+
+    @staticmethod
+    def _unique(items: Iterable[CatalogItem], report: IngestReport) -> dict[str, CatalogItem]:
         unique: dict[str, CatalogItem] = {}
         for item in items:
             if item.key in unique:
@@ -158,55 +202,55 @@ class Ingestor:
                 )
                 continue
             unique[item.key] = item
-        total = len(unique) + len(report.failed)
-        done = len(report.failed)
-        self._tick(done, total)
+        return unique
 
-        with ThreadPoolExecutor(max_workers=self.workers, thread_name_prefix="ingest") as pool:
-            prints: list[_Fingerprint] = []
-            for item, fut in [(it, pool.submit(self._fingerprint, it)) for it in unique.values()]:
-                try:
-                    prints.append(fut.result())
-                except InputImageError as e:
-                    report.failed.append(
-                        {"path": display_path(item.image), "error": _reason(e, item.image)}
-                    )
-                    done += 1
-                    self._tick(done, total)
+    def _fingerprint_all(
+        self,
+        pool: ThreadPoolExecutor,
+        items: list[CatalogItem],
+        report: IngestReport,
+        ticker: _Ticker,
+    ) -> list[_Fingerprint]:
+        prints: list[_Fingerprint] = []
+        for item, fut in [(it, pool.submit(self._fingerprint, it)) for it in items]:
+            try:
+                prints.append(fut.result())
+            except InputImageError as e:
+                report.failed.append(
+                    {"path": display_path(item.image), "error": _reason(e, item.image)}
+                )
+                ticker.add()
+        return prints
 
-            todo: list[_Fingerprint] = []
-            stale: dict[str, list[str]] = {}  # key -> ids to delete once the new row is stored
-            for start in range(0, len(prints), _LOOKUP_CHUNK):
-                chunk = prints[start : start + _LOOKUP_CHUNK]
-                existing = self.store.rows_by_key([fp.item.key for fp in chunk])
-                for fp in chunk:
-                    ids = existing.get(fp.item.key, [])
-                    others = [i for i in ids if i != fp.id]
-                    if fp.id in ids:
-                        if others:  # an interrupted replacement: finish it
-                            self.store.delete_ids(others)
-                            report.replaced += 1
-                        else:
-                            report.unchanged += 1
-                        done += 1
-                        self._tick(done, total)
-                    else:
-                        if others:
-                            stale[fp.item.key] = others
-                        todo.append(fp)
+    def _classify(
+        self, prints: list[_Fingerprint], report: IngestReport, ticker: _Ticker
+    ) -> tuple[list[_Fingerprint], dict[str, list[str]]]:
+        """Split into items to embed and unchanged ones; returns (todo, stale) where stale maps
+        a key to the ids to delete once its new row is stored."""
+        todo: list[_Fingerprint] = []
+        stale: dict[str, list[str]] = {}
+        for start in range(0, len(prints), _LOOKUP_CHUNK):
+            chunk = prints[start : start + _LOOKUP_CHUNK]
+            existing = self.store.rows_by_key([fp.item.key for fp in chunk])
+            for fp in chunk:
+                ids = existing.get(fp.item.key, [])
+                others = [i for i in ids if i != fp.id]
+                if fp.id not in ids:
+                    if others:
+                        stale[fp.item.key] = others
+                    todo.append(fp)
+                    continue
+                if others:  # an interrupted replacement: finish it
+                    self.store.delete_ids(others)
+                    report.replaced += 1
+                else:
+                    report.unchanged += 1
+                ticker.add()
+        return todo, stale
 
-            done = self._embed_all(pool, todo, stale, report, done, total)
-
-        for source in prune_sources:
-            keep = set(unique)
-            gone = {
-                k: ids for k, ids in self.store.keys_for_source(source).items() if k not in keep
-            }
-            report.pruned += self.store.delete_ids([i for ids in gone.values() for i in ids])
-        if report.embedded or report.pruned or report.replaced:
-            self.store.flush()
-        report.seconds = time.perf_counter() - started
-        return report
+    def _prune(self, source: str, keep: set[str]) -> int:
+        gone = {k: ids for k, ids in self.store.keys_for_source(source).items() if k not in keep}
+        return self.store.delete_ids([i for ids in gone.values() for i in ids])
 
     def _embed_all(
         self,
@@ -214,9 +258,8 @@ class Ingestor:
         todo: list[_Fingerprint],
         stale: dict[str, list[str]],
         report: IngestReport,
-        done: int,
-        total: int,
-    ) -> int:
+        ticker: _Ticker,
+    ) -> None:
         import torch
 
         window = max(2 * self.batch_size, 4 * self.workers)
@@ -241,15 +284,12 @@ class Ingestor:
                 report.failed.append(
                     {"path": display_path(fp.item.image), "error": _reason(e, fp.item.image)}
                 )
-                done += 1
-                self._tick(done, total)
+                ticker.add()
             if len(batch) == self.batch_size or (not pending and batch):
                 vectors = self.embedding.embed_pixels(torch.stack([t for _, t in batch]))
                 self._store_batch([f for f, _ in batch], vectors, stale, report)
-                done += len(batch)
-                self._tick(done, total)
+                ticker.add(len(batch))
                 batch = []
-        return done
 
     def _store_batch(
         self,
@@ -291,7 +331,3 @@ class Ingestor:
                 report.replaced += 1
             else:
                 report.added += 1
-
-    def _tick(self, done: int, total: int) -> None:
-        if self.progress is not None:
-            self.progress(done, total)

@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from rag.errors import MMSearchError
+from rag.errors import SourceError
 
 logger = logging.getLogger(__name__)
 
@@ -45,11 +45,6 @@ _MAGIC = (
     b"MM\x00*",  # TIFF big-endian
 )
 CATALOG_SUFFIXES = {".jsonl", ".ndjson", ".csv"}
-KNOWN_FIELDS = ("title", "category", "price")
-
-
-class SourceError(MMSearchError):
-    """A source path or catalog file cannot be used at all."""
 
 
 @dataclass(frozen=True)

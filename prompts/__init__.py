@@ -11,6 +11,8 @@ from importlib import resources
 from llama_index.core.prompts import PromptTemplate
 from llama_index.core.prompts.utils import get_template_vars
 
+from rag.errors import ConfigError
+
 # template name -> the variables it must use (exactly)
 VARIABLES: dict[str, set[str]] = {
     "caption": set(),
@@ -30,12 +32,12 @@ def template_variables(text: str) -> set[str]:
 def load_prompt(name: str, text: str | None = None) -> PromptTemplate:
     """The template ``prompts/<name>.txt`` (or ``text`` to override it), variables checked."""
     if name not in VARIABLES:
-        raise ValueError(f"unknown prompt {name!r}; known: {sorted(VARIABLES)}")
+        raise ConfigError(f"unknown prompt {name!r}; known: {sorted(VARIABLES)}")
     if text is None:
         text = resources.files(__name__).joinpath(f"{name}.txt").read_text(encoding="utf-8")
     found = template_variables(text)
     if found != VARIABLES[name]:
-        raise ValueError(
+        raise ConfigError(
             f"prompt {name!r} must use variables {sorted(VARIABLES[name])}, found {sorted(found)}"
         )
     return PromptTemplate(text.strip())

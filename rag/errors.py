@@ -1,4 +1,8 @@
-"""The product's exception types: one base class whose message is written for the user."""
+"""Every exception the product raises on purpose: one base class whose message is for the user.
+
+The CLI, the chat loop and (later) the HTTP server print ``str(err)`` as one line; nothing here
+carries a traceback to the user.
+"""
 
 from __future__ import annotations
 
@@ -10,8 +14,12 @@ class MMSearchError(Exception):
     """
 
 
-class ConfigError(MMSearchError):
-    """A setting or argument has a value we cannot use."""
+class ConfigError(MMSearchError, ValueError):
+    """A setting or argument has a value we cannot use.
+
+    Also a ``ValueError``, so code written against the usual Python convention for bad
+    arguments catches it too.
+    """
 
 
 class StoreError(MMSearchError):
@@ -44,3 +52,15 @@ class EmptyCollectionError(MMSearchError):
 
 class DownloadError(MMSearchError):
     """A model or data set could not be downloaded (offline, wrong checksum, ...)."""
+
+
+class VLMError(MMSearchError):
+    """A VLM call failed (endpoint down, timeout, generation error)."""
+
+
+class SourceError(MMSearchError):
+    """A source path or catalog file cannot be used at all."""
+
+
+class EvalInputError(MMSearchError):
+    """An evaluation query file (or one of its rows) cannot be read."""

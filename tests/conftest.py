@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
-MMSEARCH = [sys.executable, "-m", "rag.cli"]
+MMSEARCH = [sys.executable, "-m", "rag.app.cli"]
 
 # Tests never reach the Hub.
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -57,7 +57,7 @@ def run_cli(
 @pytest.fixture(scope="session")
 def tiny_kit(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """OUTDIR of scripts/make_tiny_models.py (embed/ and, once the VLM lands, vlm/)."""
-    from rag.tiny_models import make_embed_dir
+    from rag.embedding.tiny import make_embed_dir
 
     out = tmp_path_factory.mktemp("kit")
     make_embed_dir(out / "embed")
@@ -71,7 +71,7 @@ def tiny_embed_dir(tiny_kit: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_embedding(tiny_embed_dir: Path):
-    from rag.embeddings import VisualizedBGEEmbedding
+    from rag.embedding.multimodal import VisualizedBGEEmbedding
 
     return VisualizedBGEEmbedding.from_local(tiny_embed_dir, device="cpu")
 
@@ -84,7 +84,7 @@ def catalog(tmp_path: Path, milvus_uri: str, tiny_embedding):
 
     from ingestion.pipeline import Ingestor
     from ingestion.sources import catalog_items
-    from rag.store import CatalogStore
+    from rag.store.milvus import CatalogStore
     from tests.helpers import write_images
 
     folder = tmp_path / "imgs"
@@ -114,13 +114,13 @@ def catalog(tmp_path: Path, milvus_uri: str, tiny_embedding):
 
 @pytest.fixture(scope="session")
 def tiny_vlm_dir(tiny_kit: Path) -> Path:
-    from rag.tiny_vlm import make_vlm_dir
+    from rag.rerank.tiny_vlm import make_vlm_dir
 
     return make_vlm_dir(tiny_kit / "vlm")
 
 
 @pytest.fixture(scope="session")
 def tiny_vlm(tiny_vlm_dir: Path):
-    from rag.vlm import TransformersVLM
+    from rag.rerank.backends.hf import TransformersVLM
 
     return TransformersVLM.from_pretrained(tiny_vlm_dir, device="cpu")

@@ -1,8 +1,9 @@
 """Build the original Visualized BGE reference implementation (FlagEmbedding 1.2.11 sdist).
 
 The sdist ships the Python files but not the EVA model-config JSONs nor the CLIP BPE vocab
-(DESIGN.md §3). We extract only ``FlagEmbedding/visual``, write the model config for the tower
-size under test, and stub the CLIP *text* tokenizer module, which this model never uses.
+(docs/architecture.md, "Visualized BGE"). We extract only ``FlagEmbedding/visual``, write the
+model config for the tower size under test, and stub the CLIP *text* tokenizer module, which
+this model never uses.
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 import io
 from pathlib import Path
 
-from rag.chat import run_chat
-from rag.query_engine import build_query_engine
-from rag.settings import Settings
+from rag.app.chat import run_chat
+from rag.core.settings import Settings
+from rag.factory import build_query_engine
 from tests.conftest import run_cli
 
 
@@ -74,7 +74,7 @@ def test_ref_uses_result_image(catalog, tiny_embedding) -> None:
     store, folder, _ = catalog
     spy = _Spy(build_query_engine(Settings(rerank=False), embedding=tiny_embedding, store=store))
     out = io.StringIO()
-    from rag.chat import ChatSession
+    from rag.app.chat import ChatSession
 
     session = ChatSession(spy, out)
     session.handle("anything")

@@ -1,13 +1,13 @@
 import subprocess
 import sys
 
-from rag.store import CatalogStore
+from rag.store.milvus import CatalogStore
 from tests.conftest import REPO, run_cli
 
 
 def test_help_does_not_import_heavy_modules() -> None:
     code = (
-        "import sys; from rag.cli import app; "
+        "import sys; from rag.app.cli import app; "
         "heavy = [m for m in ('torch', 'transformers', 'llama_index.core', 'pymilvus', 'timm') "
         "if m in sys.modules]; print(heavy)"
     )

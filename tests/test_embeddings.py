@@ -10,10 +10,11 @@ import pytest
 import torch
 from PIL import Image
 
-from rag.embeddings import VisualizedBGEEmbedding
+from rag.embedding.checkpoint import MODEL_JSON, ModelDirSpec
+from rag.embedding.model import VisionConfig
+from rag.embedding.multimodal import VisualizedBGEEmbedding
+from rag.embedding.tiny import make_embed_dir
 from rag.errors import InputImageError, ModelLoadError
-from rag.tiny_models import make_embed_dir
-from rag.visualized_bge import MODEL_JSON, ModelDirSpec, VisionConfig
 from tests.reference_impl import build_reference
 
 
@@ -116,7 +117,7 @@ def test_reference_equivalence_full_base_size(tmp_path: Path) -> None:
     ref, ours = _reference_pair(tmp_path, full / "bge-base-random", vision)
     _assert_equivalent(ref, ours, tmp_path)
     _assert_kit_format_matches(full, ref)
-    assert len(ref.state_dict()) == 488  # DESIGN.md §3: the official base file's tensor count
+    assert len(ref.state_dict()) == 488  # tensors in the official base file (see docs/)
 
 
 # -- behaviour of our class on the tiny kit ------------------------------------------
@@ -350,7 +351,8 @@ def test_reference_equivalence_m3_layout(tmp_path: Path) -> None:
     and the tower is the L/14 layout (256 patches). Same token ids into both implementations."""
     from transformers import AutoConfig
 
-    from rag.visualized_bge import VisualizedBGE, load_checkpoint
+    from rag.embedding.checkpoint import load_checkpoint
+    from rag.embedding.model import VisualizedBGE
 
     text_dir = _tiny_xlmr_dir(tmp_path / "bge-m3-tiny")
     vision = {"width": 32, "depth": 2, "head_width": 16, "patch_size": 14}

@@ -3,18 +3,12 @@ from pathlib import Path
 
 import pytest
 
-from rag.errors import MMSearchError
-from rag.evaluation import (
-    EvalInputError,
-    evaluate,
-    metrics_for,
-    mrr_at,
-    ndcg_at,
-    read_queries,
-    recall_at,
-)
-from rag.query_engine import build_query_engine
-from rag.settings import Settings
+from rag.core.settings import Settings
+from rag.errors import EvalInputError, MMSearchError
+from rag.evaluation.metrics import metrics_for, mrr_at, ndcg_at, recall_at
+from rag.evaluation.queries import read_queries
+from rag.evaluation.runner import evaluate
+from rag.factory import build_query_engine
 from tests.conftest import run_cli
 from tests.helpers import make_image
 

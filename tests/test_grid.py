@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from rag.grid import LABEL_BG, QUERY_BORDER, build_grid
+from rag.rerank.grid import BACKGROUND, LABEL_BG, PLACEHOLDER, QUERY_BORDER, build_grid
 from tests.helpers import make_image
 
 
@@ -21,11 +21,26 @@ def test_nine_candidates_and_query_layout() -> None:
     assert grid.width / 4 > 200
 
 
-@pytest.mark.parametrize("k", [1, 2, 5, 10, 16, 25])
-def test_any_k(k: int) -> None:
+TILE, GAP = 300, 7  # build_grid's defaults: gap = max(4, tile // 40)
+
+
+def _cell(i: int, cols: int) -> tuple[int, int]:
+    r, c = divmod(i, cols)
+    return GAP + c * (TILE + GAP), GAP + r * (TILE + GAP)
+
+
+@pytest.mark.parametrize(("k", "cols", "rows"), [(1, 1, 1), (2, 2, 1), (5, 3, 2), (10, 4, 3)])
+def test_any_k_is_laid_out_and_numbered(k: int, cols: int, rows: int) -> None:
     grid = build_grid([make_image(i, (30 + i * 7, 90)) for i in range(k)])
-    assert grid.width > 0 and grid.height > 0
+    assert grid.size == (cols * (TILE + GAP) + GAP, rows * (TILE + GAP) + GAP)
     assert not _has_color(grid, QUERY_BORDER)  # no query column without a query
+    px = grid.load()
+    for i in range(cols * rows):
+        x, y = _cell(i, cols)
+        if i < k:  # every candidate has its number label in the top-left corner
+            assert px[x + 2, y + 2] == LABEL_BG, f"candidate {i + 1} has no label"
+        else:  # the rest of the last row stays empty
+            assert px[x + TILE // 2, y + TILE // 2] == BACKGROUND
 
 
 def test_k_out_of_range() -> None:
@@ -38,5 +53,9 @@ def test_k_out_of_range() -> None:
 def test_missing_and_broken_candidates_become_placeholders(tmp_path: Path) -> None:
     bad = tmp_path / "bad.jpg"
     bad.write_text("nope")
-    grid = build_grid([make_image(0), None, str(bad), str(tmp_path / "gone.png")])
-    assert grid.size[0] > 0  # drawn, not raised
+    blue = Image.new("RGB", (100, 100), (0, 0, 255))
+    grid = build_grid([blue, None, str(bad), str(tmp_path / "gone.png")])
+    px = grid.load()
+    probes = [px[x + TILE - 20, y + TILE // 2] for x, y in (_cell(i, 2) for i in range(4))]
+    assert probes[0] == (0, 0, 255)  # the real image is drawn
+    assert probes[1:] == [PLACEHOLDER] * 3  # missing, unreadable, gone: placeholder tiles

@@ -8,9 +8,10 @@ import pytest
 from PIL import Image
 
 from ingestion.pipeline import Ingestor
-from ingestion.sources import SourceError, catalog_items, folder_items, items_for
-from rag.embeddings import VisualizedBGEEmbedding
-from rag.store import CatalogStore
+from ingestion.sources import catalog_items, folder_items, items_for
+from rag.embedding.multimodal import VisualizedBGEEmbedding
+from rag.errors import SourceError
+from rag.store.milvus import CatalogStore
 from tests.conftest import REPO, run_cli
 from tests.helpers import http_server, make_image, write_images
 
@@ -209,8 +210,8 @@ import os, sys
 from pathlib import Path
 from ingestion.pipeline import Ingestor
 from ingestion.sources import folder_items
-from rag.embeddings import VisualizedBGEEmbedding
-from rag.store import CatalogStore
+from rag.embedding.multimodal import VisualizedBGEEmbedding
+from rag.store.milvus import CatalogStore
 uri, kit, folder, kill_at = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
 e = VisualizedBGEEmbedding.from_local(kit)
 store = CatalogStore(uri=uri, collection="imgs", dim=e.dim, model_id=e.model_name)
@@ -282,7 +283,7 @@ def test_cli_ingest_json_and_strict(tmp_path: Path, tiny_embed_dir: Path) -> Non
     stats = json.loads(run_cli("stats", "--json", env=env).stdout)
     assert stats["rows"] == 3 and stats["dim"] == 32
     # Another model (a different random seed) must not be mixed into this collection.
-    from rag.tiny_models import make_embed_dir
+    from rag.embedding.tiny import make_embed_dir
 
     other = make_embed_dir(tmp_path / "other", seed=1)
     res = run_cli("ingest", str(folder), env={**env, "MMSEARCH_EMBED_MODEL": str(other)})

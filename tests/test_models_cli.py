@@ -1,7 +1,8 @@
 import json
+import shlex
 from pathlib import Path
 
-from rag.embeddings import VisualizedBGEEmbedding
+from rag.embedding.multimodal import VisualizedBGEEmbedding
 from tests.conftest import run_cli
 
 
@@ -68,3 +69,13 @@ def test_demo_synthetic_runs_offline(tmp_path: Path) -> None:
     assert (tmp_path / "d" / "demo-results.png").is_file()
     again = run_cli("demo", "--synthetic", env=env, cwd=tmp_path)
     assert again.returncode == 0 and "added 0, unchanged 36" in again.stderr
+    # The demo ends with the exact command that searches its index; run it as printed.
+    line = again.stdout.split("search this index again with:\n", 1)[1].strip()
+    words = shlex.split(line)
+    printed_env = dict(w.split("=", 1) for w in words if w.startswith("MMSEARCH_"))
+    args = [w for w in words if not w.startswith("MMSEARCH_")]
+    assert args[:2] == ["mmsearch", "search"]
+    res = run_cli(*args[1:], "--json", env={**env, **printed_env}, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    top = json.loads(res.stdout)["results"][0]
+    assert top["image_path"].endswith("product_007.png")

@@ -2,7 +2,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from rag.rank_parser import parse_ranking
+from rag.rerank.parser import parse_ranking
 
 K = 9
 FULL = list(range(1, 10))

@@ -9,11 +9,11 @@ from pathlib import Path
 
 import pytest
 
-from ingestion.downloads import fetch
+from rag.core.fetch import fetch
+from rag.core.settings import Settings
 from rag.errors import InputImageError, StoreError
-from rag.query_engine import build_query_engine
-from rag.settings import Settings
-from rag.store import CatalogStore
+from rag.factory import build_query_engine
+from rag.store.milvus import CatalogStore
 from tests.conftest import run_cli
 from tests.helpers import lite_lock_held, make_image, write_images
 

@@ -1,5 +1,6 @@
 import json
 import threading
+import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
@@ -8,13 +9,17 @@ import pytest
 from llama_index.core.schema import ImageNode, NodeWithScore, QueryBundle
 from PIL import Image
 
+import rag
 from prompts import load_prompt
+from rag.core.settings import Settings
 from rag.errors import ConfigError
-from rag.query_engine import build_query_engine
-from rag.report import query_report
-from rag.reranker import VLMReranker, _aggregate
-from rag.settings import Settings
-from rag.vlm import OpenAIVLM, Phi3VisionVLM, VLMBackend, VLMReply, patch_dynamic_cache
+from rag.factory import build_query_engine
+from rag.rerank.backends.base import VLMBackend, VLMReply
+from rag.rerank.backends.openai import OpenAIVLM
+from rag.rerank.backends.phi3v import Phi3VisionVLM, patch_dynamic_cache
+from rag.rerank.parser import parse_ranking
+from rag.rerank.postprocessor import VLMReranker, _aggregate
+from tests.helpers import make_image
 
 COLORS = [
     (255, 0, 0),
@@ -75,9 +80,7 @@ class ColorRankingVLM(VLMBackend):
 
 def _nodes(tmp_path: Path, k: int = 9) -> list[NodeWithScore]:
     out = []
-    for i in range(k):
-        p = tmp_path / f"c{i}.png"
-        Image.new("RGB", (120, 120), COLORS[i % len(COLORS)]).save(p)
+    for i, p in enumerate(_images(tmp_path, k)):
         node = ImageNode(
             id_=f"n{i}",
             image_path=str(p),
@@ -87,21 +90,59 @@ def _nodes(tmp_path: Path, k: int = 9) -> list[NodeWithScore]:
     return out
 
 
-def _query(tmp_path: Path, text="a phone case with this") -> QueryBundle:
+def _images(tmp_path: Path, k: int = 9) -> list[Path]:
+    paths = []
+    for i in range(k):
+        p = tmp_path / f"c{i}.png"
+        Image.new("RGB", (120, 120), COLORS[i % len(COLORS)]).save(p)
+        paths.append(p)
+    return paths
+
+
+def _query_file(tmp_path: Path) -> Path:
     q = tmp_path / "query.png"
     Image.new("RGB", (200, 150), (10, 20, 30)).save(q)
-    return QueryBundle(query_str=text, image_path=str(q))
+    return q
 
 
-def test_listwise_with_caption_exact_prompts_and_grid(tmp_path: Path) -> None:
+def _query(tmp_path: Path, text="a phone case with this") -> QueryBundle:
+    return QueryBundle(query_str=text, image_path=str(_query_file(tmp_path)))
+
+
+def test_standalone_postprocessor_puts_outcome_on_nodes(tmp_path: Path) -> None:
+    """The LlamaIndex way, no engine: nine image nodes, a scripted VLM, postprocess_nodes."""
+    nodes = [
+        NodeWithScore(node=ImageNode(image_path=str(p)), score=1 - i / 10)
+        for i, p in enumerate(_images(tmp_path))
+    ]
+    vlm = FakeVLM(["a dark rectangle", '{"ranking": [9,1,2,3,4,5,6,7,8], "reason": "r"}'])
+    out = rag.VLMReranker(vlm=vlm).postprocess_nodes(
+        nodes,
+        query_bundle=QueryBundle(query_str="like this", image_path=str(_query_file(tmp_path))),
+    )
+    assert [n.node.image_path for n in out][:2] == [
+        nodes[8].node.image_path,
+        nodes[0].node.image_path,
+    ]
+    assert {n.node.metadata["rerank_status"] for n in out} == {"ok"}
+    assert {n.node.metadata["rerank_detail"] for n in out} == {""}
+    # a reply the parser has to repair says so on the nodes too
+    vlm = FakeVLM(["cap", "[2, 2, 1]"])
+    out = rag.VLMReranker(vlm=vlm, with_reason=False).postprocess_nodes(
+        nodes[:3], query_bundle=QueryBundle(query_str="x", image_path=str(_query_file(tmp_path)))
+    )
+    assert out[0].node.metadata["rerank_status"] == "repaired"
+    assert "dropped duplicate 2" in out[0].node.metadata["rerank_detail"]
+
+
+def test_rerank_returns_typed_outcome_with_exact_prompts_and_grid(tmp_path: Path) -> None:
     vlm = FakeVLM(["a dark rectangle", '{"ranking": [7,1,2,3,4,5,6,8,9], "reason": "spots"}'])
-    rr = VLMReranker(vlm=vlm)
-    nodes, bundle = _nodes(tmp_path), _query(tmp_path)
-    with query_report() as report:
-        out = rr.postprocess_nodes(nodes, query_bundle=bundle)
-    assert [n.node.node_id for n in out][:2] == ["n6", "n0"]
-    assert report["rerank_status"] == "ok" and report["reason"] == "spots"
-    assert report["caption"] == "a dark rectangle"
+    outcome = VLMReranker(vlm=vlm).rerank(_nodes(tmp_path), _query(tmp_path))
+    assert isinstance(outcome, rag.RerankOutcome)
+    assert [n.node.node_id for n in outcome.nodes][:2] == ["n6", "n0"]
+    assert (outcome.status, outcome.reason, outcome.caption) == ("ok", "spots", "a dark rectangle")
+    assert set(outcome.timings) == {"caption_s", "grid_s", "generate_s"}
+    assert outcome.tokens == {"prompt_tokens": 10, "new_tokens": 5}
     cap_prompt, cap_img, _ = vlm.calls[0]
     assert cap_prompt == load_prompt("caption").format()
     assert cap_img.size == (200, 150)
@@ -111,82 +152,93 @@ def test_listwise_with_caption_exact_prompts_and_grid(tmp_path: Path) -> None:
     )
     assert 1200 <= grid.width <= 1300 and 900 <= grid.height <= 960
     # retrieval score/rank survive, the new order is visible
-    top = out[0].node.metadata
+    top = outcome.nodes[0].node.metadata
     assert top["retrieval_rank"] == 7 and top["rerank_rank"] == 1
-    assert out[0].score > out[1].score
+    assert outcome.nodes[0].score > outcome.nodes[1].score
 
 
 def test_caption_cached_by_content(tmp_path: Path) -> None:
     vlm = FakeVLM(["cap", "[1,2,3,4,5,6,7,8,9]", "[1,2,3,4,5,6,7,8,9]", "why"])
     rr = VLMReranker(vlm=vlm, with_reason=False)
     bundle = _query(tmp_path)
-    rr.postprocess_nodes(_nodes(tmp_path), query_bundle=bundle)
-    rr.postprocess_nodes(_nodes(tmp_path), query_bundle=bundle)
+    rr.rerank(_nodes(tmp_path), bundle)
+    rr.rerank(_nodes(tmp_path), bundle)
     assert [c[0] for c in vlm.calls].count(load_prompt("caption").format()) == 1
 
 
 def test_text_only_skips_caption(tmp_path: Path) -> None:
     vlm = FakeVLM(['{"ranking": [2,1,3], "reason": "r"}'])
-    with query_report() as report:
-        out = VLMReranker(vlm=vlm).postprocess_nodes(
-            _nodes(tmp_path, 3), query_bundle=QueryBundle(query_str="red shoes")
-        )
+    outcome = VLMReranker(vlm=vlm).rerank(_nodes(tmp_path, 3), QueryBundle(query_str="red shoes"))
     assert len(vlm.calls) == 1
     assert vlm.calls[0][0] == load_prompt("rerank_text").format(k=3, instruction="red shoes")
-    assert report["caption"] is None and out[0].node.node_id == "n1"
+    assert outcome.caption is None and outcome.nodes[0].node.node_id == "n1"
 
 
 def test_repaired_is_visible(tmp_path: Path) -> None:
     vlm = FakeVLM(["cap", '{"ranking": [7,1,2,3,4,5,6,8], "reason": "r"}'])
-    with query_report() as report:
-        out = VLMReranker(vlm=vlm).postprocess_nodes(
-            _nodes(tmp_path), query_bundle=_query(tmp_path)
-        )
-    assert report["rerank_status"] == "repaired" and "appended 9" in report["rerank_detail"]
-    assert len(out) == 9 and out[-1].node.node_id == "n8"
+    outcome = VLMReranker(vlm=vlm).rerank(_nodes(tmp_path), _query(tmp_path))
+    assert outcome.status == "repaired" and "appended 9" in outcome.detail
+    assert len(outcome.nodes) == 9 and outcome.nodes[-1].node.node_id == "n8"
 
 
 def test_vlm_failure_falls_back_or_raises(tmp_path: Path) -> None:
     vlm = FakeVLM(fail=TimeoutError("VLM took too long"))
-    with query_report() as report:
-        out = VLMReranker(vlm=vlm).postprocess_nodes(
-            _nodes(tmp_path), query_bundle=_query(tmp_path)
-        )
-    assert [n.node.node_id for n in out] == [f"n{i}" for i in range(9)]
-    assert report["rerank_status"] == "fallback" and "VLM took too long" in report["rerank_detail"]
+    outcome = VLMReranker(vlm=vlm).rerank(_nodes(tmp_path), _query(tmp_path))
+    assert [n.node.node_id for n in outcome.nodes] == [f"n{i}" for i in range(9)]
+    assert outcome.status == "fallback" and "VLM took too long" in outcome.detail
     with pytest.raises(TimeoutError):
-        VLMReranker(vlm=FakeVLM(fail=TimeoutError("x")), raise_on_failure=True).postprocess_nodes(
-            _nodes(tmp_path), query_bundle=_query(tmp_path)
+        VLMReranker(vlm=FakeVLM(fail=TimeoutError("x")), raise_on_failure=True).rerank(
+            _nodes(tmp_path), _query(tmp_path)
         )
 
 
 def test_unloadable_vlm_is_fallback_not_crash(tmp_path: Path) -> None:
+    calls = []
+
     def factory():
+        calls.append(1)
         raise ConfigError("opt in first")
 
     rr = VLMReranker(vlm_factory=factory)
     for _ in range(2):  # the load is not retried every query
-        with query_report() as report:
-            out = rr.postprocess_nodes(_nodes(tmp_path, 3), query_bundle=_query(tmp_path))
-        assert len(out) == 3 and report["rerank_status"] == "fallback"
-        assert "VLM unavailable: opt in first" in report["rerank_detail"]
+        outcome = rr.rerank(_nodes(tmp_path, 3), _query(tmp_path))
+        assert len(outcome.nodes) == 3 and outcome.status == "fallback"
+        assert "VLM unavailable: opt in first" in outcome.detail
+    assert calls == [1]
+
+
+def test_lazy_vlm_loads_once_across_threads(tmp_path: Path) -> None:
+    loads = []
+
+    def factory():
+        loads.append(1)
+        time.sleep(0.2)  # a slow load: without the lock, every thread would start one
+        return FakeVLM(["[1,2,3]"] * 8)
+
+    rr = VLMReranker(vlm_factory=factory, with_reason=False)
+    threads = [
+        threading.Thread(target=rr.rerank, args=(_nodes(tmp_path, 3), QueryBundle(query_str="x")))
+        for _ in range(4)
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert loads == [1]
 
 
 def test_top_n(tmp_path: Path) -> None:
     vlm = FakeVLM(['{"ranking": [3,2,1], "reason": "r"}'])
-    out = VLMReranker(vlm=vlm, top_n=2).postprocess_nodes(
-        _nodes(tmp_path, 3), query_bundle=QueryBundle(query_str="x")
-    )
-    assert [n.node.node_id for n in out] == ["n2", "n1"]
+    outcome = VLMReranker(vlm=vlm, top_n=2).rerank(_nodes(tmp_path, 3), QueryBundle(query_str="x"))
+    assert [n.node.node_id for n in outcome.nodes] == ["n2", "n1"]
 
 
 def test_multi_pass_maps_grid_positions_back(tmp_path: Path) -> None:
     preference = [COLORS[i] for i in (4, 2, 8, 0, 1, 3, 5, 6, 7)]
     rr = VLMReranker(vlm=ColorRankingVLM(preference), passes=4, seed=3)
-    with query_report() as report:
-        out = rr.postprocess_nodes(_nodes(tmp_path), query_bundle=_query(tmp_path))
-    assert [n.node.node_id for n in out] == [f"n{i}" for i in (4, 2, 8, 0, 1, 3, 5, 6, 7)]
-    assert report["rerank_status"] == "ok" and "4 shuffled passes" in report["rerank_detail"]
+    outcome = rr.rerank(_nodes(tmp_path), _query(tmp_path))
+    assert [n.node.node_id for n in outcome.nodes] == [f"n{i}" for i in (4, 2, 8, 0, 1, 3, 5, 6, 7)]
+    assert outcome.status == "ok" and "4 shuffled passes" in outcome.detail
 
 
 def test_borda_aggregate() -> None:
@@ -202,13 +254,31 @@ def test_prompt_files_checked() -> None:
 
 
 # -- the real generation path on a tiny random Qwen2-VL ------------------------------------
-def test_hf_backend_unconstrained_never_raises(tiny_vlm, tmp_path: Path) -> None:
-    rr = VLMReranker(vlm=tiny_vlm, constrained=False, max_new_tokens=24)
-    with query_report() as report:
-        out = rr.postprocess_nodes(_nodes(tmp_path), query_bundle=_query(tmp_path))
-    assert sorted(n.node.node_id for n in out) == sorted(f"n{i}" for i in range(9))
-    assert report["rerank_status"] in ("ok", "repaired", "fallback")
-    assert report["rerank_prompt_tokens"] > 100  # the image tokens are in the prompt
+class _Spy(VLMBackend):
+    """Passes calls through to a real backend and keeps its replies."""
+
+    def __init__(self, inner):
+        self.inner, self.replies = inner, []
+        self.supports_constrained = inner.supports_constrained
+        self.supports_first_token = inner.supports_first_token
+
+    def generate(self, prompt, image, **kwargs):
+        reply = self.inner.generate(prompt, image, **kwargs)
+        self.replies.append(reply.text)
+        return reply
+
+
+def test_hf_backend_unconstrained_outcome_follows_the_parser(tiny_vlm, tmp_path: Path) -> None:
+    """Free generation on random weights says anything; the outcome must be exactly what the
+    guardrailed parser makes of the reply the model really gave."""
+    spy = _Spy(tiny_vlm)
+    rr = VLMReranker(vlm=spy, constrained=False, max_new_tokens=24, with_reason=False)
+    nodes = _nodes(tmp_path)
+    outcome = rr.rerank(nodes, _query(tmp_path))
+    expected = parse_ranking(spy.replies[-1], 9)
+    assert (outcome.status, outcome.detail) == (expected.status, expected.detail)
+    assert [n.node.node_id for n in outcome.nodes] == [f"n{i - 1}" for i in expected.ranking]
+    assert outcome.tokens["prompt_tokens"] > 100  # the image tokens are in the prompt
 
 
 def test_hf_backend_constrained_is_a_valid_permutation(tiny_vlm, tmp_path: Path) -> None:
@@ -217,19 +287,19 @@ def test_hf_backend_constrained_is_a_valid_permutation(tiny_vlm, tmp_path: Path)
         nums = [int(x) for x in reply.text.split(",")]
         assert sorted(nums) == list(range(1, k + 1)), reply.text
     rr = VLMReranker(vlm=tiny_vlm, with_reason=True)
-    with query_report() as report:
-        out = rr.postprocess_nodes(_nodes(tmp_path), query_bundle=_query(tmp_path))
-    assert report["rerank_status"] == "ok" and len(out) == 9
-    assert "timings_generate_s" in report and "timings_caption_s" in report
+    outcome = rr.rerank(_nodes(tmp_path), _query(tmp_path))
+    assert outcome.status == "ok" and len(outcome.nodes) == 9
+    assert {"generate_s", "caption_s", "reason_s"} <= set(outcome.timings)
 
 
 def test_hf_backend_first_token_mode(tiny_vlm, tmp_path: Path) -> None:
     rr = VLMReranker(vlm=tiny_vlm, strategy="first-token")
-    with query_report() as report:
-        out = rr.postprocess_nodes(_nodes(tmp_path), query_bundle=_query(tmp_path))
-    assert report["rerank_status"] == "ok" and "first-token" in report["rerank_detail"]
-    scores = tiny_vlm.candidate_scores("Rank them.", Image.new("RGB", (300, 300)), 9)
-    assert len(scores) == 9 and len(out) == 9
+    outcome = rr.rerank(_nodes(tmp_path), _query(tmp_path))
+    assert outcome.status == "ok" and "first-token" in outcome.detail
+    scores = tiny_vlm.candidate_scores(
+        "Rank them.", outcome.nodes and Image.new("RGB", (300, 300)), 9
+    )
+    assert len(scores) == 9 and len(outcome.nodes) == 9
 
 
 def test_engine_with_reranker_end_to_end(catalog, tiny_embedding, tiny_vlm) -> None:
@@ -251,6 +321,14 @@ def test_default_settings_degrade_visibly(catalog, tiny_embedding) -> None:
     res = engine.search(text="red")
     assert len(res.results) == 9 and res.rerank["status"] == "skipped"
     assert "MMSEARCH_VLM_TRUST_REMOTE_CODE" in res.rerank["detail"]
+    # opted in but not pinned: still skipped, and the detail names exactly what is missing
+    opted = Settings(vlm_trust_remote_code=True)
+    res = build_query_engine(opted, embedding=tiny_embedding, store=store).search(text="red")
+    assert res.rerank["status"] == "skipped"
+    assert "MMSEARCH_VLM_REVISION" in res.rerank["detail"]
+    assert "MMSEARCH_VLM_TRUST_REMOTE_CODE" not in res.rerank["detail"]
+    with pytest.raises(ConfigError, match="MMSEARCH_VLM_REVISION"):
+        rag.build_reranker(opted)
     # a configured VLM that cannot load degrades to fallback (retrieval order, scores kept)
     hf = Settings(vlm_backend="hf", vlm_model=str(Path("/nonexistent/vlm")))
     res = build_query_engine(hf, embedding=tiny_embedding, store=store).search(text="red")
@@ -328,27 +406,21 @@ def test_openai_backend(tmp_path: Path) -> None:
             retries=1,
         )
         assert "sk-secret" not in repr(vlm)
-        with query_report() as report:
-            out = VLMReranker(vlm=vlm).postprocess_nodes(
-                _nodes(tmp_path, 3), query_bundle=_query(tmp_path)
-            )
-        assert [n.node.node_id for n in out] == ["n2", "n0", "n1"]
-        assert report["rerank_status"] == "ok" and report["caption"] == "a leopard face"
+        outcome = VLMReranker(vlm=vlm).rerank(_nodes(tmp_path, 3), _query(tmp_path))
+        assert [n.node.node_id for n in outcome.nodes] == ["n2", "n0", "n1"]
+        assert outcome.status == "ok" and outcome.caption == "a leopard face"
         reqs = _FakeOpenAI.requests
         assert reqs[0]["auth"] == "Bearer sk-secret"
         parts = reqs[1]["body"]["messages"][0]["content"]
         assert parts[1]["image_url"]["url"].startswith("data:image/png;base64,")
         assert "structured_outputs" in reqs[1]["body"]
         assert "structured_outputs" not in reqs[2]["body"]  # retried without it
-        assert report["rerank_prompt_tokens"] == 2500
+        assert outcome.tokens == {"prompt_tokens": 2500, "new_tokens": 30}
     finally:
         server.shutdown()
     unreachable = OpenAIVLM(base_url="http://127.0.0.1:1/v1", model="m", retries=0)
-    with query_report() as report:
-        VLMReranker(vlm=unreachable).postprocess_nodes(
-            _nodes(tmp_path, 2), query_bundle=QueryBundle(query_str="x")
-        )
-    assert report["rerank_status"] == "fallback" and "unreachable" in report["rerank_detail"]
+    outcome = VLMReranker(vlm=unreachable).rerank(_nodes(tmp_path, 2), QueryBundle(query_str="x"))
+    assert outcome.status == "fallback" and "unreachable" in outcome.detail
 
 
 def test_prompts_exposed_through_engine(catalog, tiny_embedding) -> None:
@@ -358,4 +430,11 @@ def test_prompts_exposed_through_engine(catalog, tiny_embedding) -> None:
     )
     prompts = engine.get_prompts()
     assert "reranker:rerank" in prompts
-    engine.update_prompts({"reranker:caption": load_prompt("caption")})
+    engine.update_prompts({"reranker:caption": "Name the colour of this picture."})
+    vlm = engine.reranker.vlm
+    vlm.replies = ["grey", "[1,2,3,4,5,6,7,8,9]", "because"]
+    res = engine.search(text="like this", image=make_image(3))
+    assert res.caption == "grey"
+    assert vlm.calls[0][0] == "Name the colour of this picture."  # the update took effect
+    with pytest.raises(ValueError, match="must use variables"):
+        engine.update_prompts({"reranker:rerank": "Rank {k} things."})

@@ -5,11 +5,12 @@ from pathlib import Path
 import pytest
 from llama_index.core.schema import QueryBundle
 
+from rag.core.settings import Settings
+from rag.engine.query_engine import MMSearchQueryEngine
 from rag.errors import EmptyCollectionError, EmptyQueryError, InputImageError
-from rag.query_engine import MMSearchQueryEngine, build_query_engine
-from rag.retriever import ComposedRetriever
-from rag.settings import Settings
-from rag.store import CatalogStore
+from rag.factory import build_query_engine
+from rag.retrieval.retriever import ComposedRetriever
+from rag.store.milvus import CatalogStore
 from tests.conftest import run_cli
 from tests.helpers import make_image
 
@@ -89,8 +90,53 @@ def test_json_shape(catalog, tiny_embedding) -> None:
     data = _engine(store, tiny_embedding).search(text="red", top_k=2).to_dict()
     assert set(data) >= {"query", "results", "caption", "reason", "rerank"}
     assert set(data["results"][0]) >= {"rank", "id", "image_path", "score", "retrieval_rank"}
-    assert data["rerank"]["status"] in ("ok", "repaired", "fallback", "skipped")
+    assert data["rerank"] == {"status": "skipped", "detail": "rerank disabled"}
     json.dumps(data)  # serialisable
+
+
+def test_in_memory_query_image_reports_no_path(catalog, tiny_embedding) -> None:
+    store, folder, _ = catalog
+    engine = _engine(store, tiny_embedding)
+    pil = engine.search(image=make_image(3, (96, 72)), top_k=2)
+    assert pil.query["image"] == "<PIL image 96x72>"
+    data = (folder / "img_003.png").read_bytes()
+    raw = engine.search(image=data, text="like this", top_k=2)
+    assert raw.query["image"] == f"<{len(data)} bytes>"
+    by_path = engine.search(image=folder / "img_003.png", top_k=2)
+    assert by_path.query["image"] == str(folder / "img_003.png")
+    # the same picture by path, bytes or PIL is the same query
+    assert [r["id"] for r in engine.search(image=data, top_k=2).results] == [
+        r["id"] for r in by_path.results
+    ]
+
+
+def test_query_image_decoded_once_per_search(
+    catalog, tiny_embedding, monkeypatch, tmp_path: Path
+) -> None:
+    """Retriever, caption, grid: one decode of the query image for the whole search."""
+    from rag.core import images
+    from rag.rerank.postprocessor import VLMReranker
+    from tests.test_reranker import FakeVLM
+
+    store, _, _ = catalog
+    query = str(tmp_path / "query.png")  # not in the catalog, so never a candidate
+    make_image(99).save(query)
+    opened: list[str] = []
+    real = images._open
+
+    def counting(data: bytes, label: str):
+        opened.append(label)
+        return real(data, label)
+
+    monkeypatch.setattr(images, "_open", counting)
+    vlm = FakeVLM(["a caption", "[1,2,3,4,5,6,7,8,9]", "a reason"])
+    engine = build_query_engine(
+        Settings(), embedding=tiny_embedding, store=store, reranker=VLMReranker(vlm=vlm)
+    )
+    res = engine.search(text="like this", image=query)
+    assert res.rerank["status"] == "ok" and len(vlm.calls) == 3
+    assert opened.count(query) == 1
+    assert len(opened) == 1 + 9  # the query once, each candidate once (for the grid)
 
 
 def test_errors(catalog, tiny_embedding, tmp_path: Path, milvus_uri: str) -> None:
@@ -115,8 +161,13 @@ def test_errors(catalog, tiny_embedding, tmp_path: Path, milvus_uri: str) -> Non
         _engine(empty, tiny_embedding).search(text="x")
 
 
-def test_cli_search(catalog, tiny_embed_dir: Path, milvus_uri: str, tmp_path: Path) -> None:
+def test_cli_search(
+    catalog, tiny_embedding, tiny_embed_dir: Path, milvus_uri: str, tmp_path: Path
+) -> None:
     store, folder, _ = catalog
+    expected = _engine(store, tiny_embedding).search(
+        text="a phone case with this", image=folder / "img_004.png", top_k=5
+    )
     store.close()
     env = {"MMSEARCH_MILVUS_URI": milvus_uri, "MMSEARCH_EMBED_MODEL": str(tiny_embed_dir)}
     grid = tmp_path / "out" / "grid.png"
@@ -134,8 +185,12 @@ def test_cli_search(catalog, tiny_embed_dir: Path, milvus_uri: str, tmp_path: Pa
     )
     assert res.returncode == 0, res.stderr
     data = json.loads(res.stdout)
-    assert data["results"][0]["title"] == "Product 4" or data["query"]["kind"] == "composed"
-    assert len(data["results"]) == 5
+    assert data["query"]["kind"] == "composed"
+    # the CLI answers exactly what the Python API answers for the same query
+    assert [r["id"] for r in data["results"]] == [r["id"] for r in expected.results]
+    assert [r["score"] for r in data["results"]] == pytest.approx(
+        [r["score"] for r in expected.results], abs=1e-5
+    )
     # Default settings ask for Phi-3 Vision, whose remote code is not opted in: the rerank is
     # skipped and the detail says how to configure it.
     assert data["rerank"]["status"] == "skipped"
@@ -153,3 +208,29 @@ def test_cli_search(catalog, tiny_embed_dir: Path, milvus_uri: str, tmp_path: Pa
     empty_env = {**env, "MMSEARCH_COLLECTION": "never_made"}
     r = run_cli("search", "x", env=empty_env)
     assert r.returncode == 1 and "does not exist" in r.stderr
+
+
+def test_results_table_fits_a_terminal(
+    catalog, tiny_embedding, tmp_path: Path, monkeypatch
+) -> None:
+    """No title: the table shows the file name (or a path relative to the working directory),
+    never a long absolute path that wraps in an 80-column terminal."""
+    import io
+
+    from rich.console import Console
+
+    from rag.app.display import print_results, short_path
+
+    store, folder, _ = catalog
+    res = _engine(store, tiny_embedding).search(image=folder / "img_002.png", top_k=3)
+    for node in res.nodes:
+        node.node.metadata.pop("title")
+    out = io.StringIO()
+    monkeypatch.chdir(tmp_path / "milvus")  # outside the image folder
+    print_results(res, Console(file=out, width=80))
+    lines = out.getvalue().splitlines()
+    assert all(len(line) <= 80 for line in lines)
+    assert "img_002.png" in lines[1] and str(folder) not in out.getvalue()
+    monkeypatch.chdir(tmp_path)  # inside: a relative path
+    assert short_path(str(folder / "img_002.png")) == "imgs/img_002.png"
+    assert short_path("https://example.com/a.png") == "https://example.com/a.png"

@@ -2,8 +2,8 @@ from pathlib import Path
 
 import pytest
 
+from rag.core.settings import Settings, load_settings
 from rag.errors import ConfigError
-from rag.settings import Settings, load_settings
 
 
 def test_defaults(clean_env: Path) -> None:

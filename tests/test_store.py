@@ -6,7 +6,7 @@ from llama_index.core.schema import ImageNode
 from llama_index.core.vector_stores import MetadataFilter, MetadataFilters, VectorStoreQuery
 
 from rag.errors import StoreError, StoreLockedError, StoreMismatchError
-from rag.store import CatalogStore, collection_info
+from rag.store.milvus import CatalogStore, collection_info
 from tests.helpers import lite_lock_held
 
 

@@ -1,0 +1,1 @@
+"""What people run: the CLI, the chat loop, the terminal display and the demo."""

@@ -1,0 +1,389 @@
+"""The `mmsearch` command line: a thin layer over the library.
+
+Heavy imports (torch, transformers, llama_index, pymilvus) happen inside the commands so that
+`mmsearch --help` stays fast. Every user-facing failure is an ``MMSearchError``: printed as one
+line on stderr with exit code 1, never a traceback.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sys
+from typing import Any
+
+import typer
+
+from rag.errors import MMSearchError
+
+app = typer.Typer(
+    name="mmsearch",
+    help="Multimodal semantic search over image catalogs (Visualized BGE + Milvus + VLM rerank).",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+
+def _settings(**overrides: Any) -> Any:
+    from rag.core.settings import load_settings
+
+    return load_settings(**{k: v for k, v in overrides.items() if v is not None})
+
+
+def _echo_json(obj: Any) -> None:
+    typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
+
+
+@app.callback()
+def _root(
+    verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details to stderr."),
+) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.WARNING,
+        format="%(levelname)s %(name)s: %(message)s",
+    )
+    if not verbose:
+        # pymilvus logs every failed RPC at ERROR before raising; our one-line message says it.
+        for name in ("pymilvus", "milvus_lite", "grpc"):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+@app.command()
+def stats(
+    as_json: bool = typer.Option(False, "--json", help="Print the stats as JSON."),
+) -> None:
+    """Show the collection: rows, dimension, embedding model, index, URI."""
+    from rag.store.milvus import collection_info
+
+    s = _settings()
+    info = collection_info(s.milvus_uri, s.milvus_token_value, s.collection).to_dict()
+    if as_json:
+        _echo_json(info)
+        return
+    if not info["exists"]:
+        typer.echo(
+            f"collection {info['collection']!r} at {info['uri']} does not exist yet "
+            "(0 rows); run `mmsearch ingest PATH`"
+        )
+        return
+    for key in ("collection", "uri", "rows", "dim", "model", "index_type", "metric"):
+        typer.echo(f"{key:<11} {info[key]}")
+
+
+def _progress_bar(label: str) -> Any:
+    """A rich progress bar on a terminal (items/s, ETA); a no-op when stderr is not a TTY."""
+    from rich.console import Console
+    from rich.progress import (
+        BarColumn,
+        MofNCompleteColumn,
+        Progress,
+        TextColumn,
+        TimeElapsedColumn,
+        TimeRemainingColumn,
+    )
+
+    console = Console(stderr=True)
+    return Progress(
+        TextColumn(label),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("{task.fields[rate]}"),
+        TimeElapsedColumn(),
+        TextColumn("ETA"),
+        TimeRemainingColumn(),
+        console=console,
+        disable=not console.is_terminal,
+        transient=False,
+    )
+
+
+def _ingest_progress(bar: Any, label: str) -> Any:
+    """A (done, total) callback that drives ``bar`` and shows the rate."""
+    import time
+
+    task = bar.add_task(label, total=None, rate="")
+    t0 = time.perf_counter()
+
+    def progress(done: int, total: int) -> None:
+        rate = done / max(time.perf_counter() - t0, 1e-9)
+        bar.update(task, completed=done, total=total, rate=f"{rate:.1f} items/s")
+
+    return progress
+
+
+@app.command()
+def ingest(
+    paths: list[str] = typer.Argument(..., help="Folders, images or catalog files (.jsonl/.csv)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per batch."),
+    workers: int = typer.Option(2, "--workers", min=1, help="Decode/download threads."),
+    prune: bool = typer.Option(False, "--prune", help="Remove rows whose source file vanished."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    strict: bool = typer.Option(False, "--strict", help="Exit 1 if any item failed."),
+) -> None:
+    """Index images: embed them with Visualized BGE and store them in Milvus (idempotent)."""
+    from ingestion.service import ingest_items, list_items
+
+    s = _settings(embed_batch_size=batch_size)
+    items = list_items(paths)  # bad paths fail before the model loads
+    with _progress_bar("ingest") as bar:
+        done = ingest_items(
+            s, items, workers=workers, prune=prune, progress=_ingest_progress(bar, "ingest")
+        )
+    data = done.report.to_dict()
+    if as_json:
+        _echo_json(data)
+    else:
+        typer.echo(
+            f"added {data['added']}, unchanged {data['unchanged']}, replaced {data['replaced']}, "
+            f"pruned {data['pruned']}, failed {len(data['failed'])} "
+            f"in {data['seconds']:.1f}s ({data['images_per_s']} images/s); "
+            f"{done.rows} rows in {s.collection!r}"
+        )
+        for fail in data["failed"]:
+            typer.echo(f"  skipped {fail['path']}: {fail['error']}", err=True)
+    if strict and data["failed"]:
+        raise typer.Exit(1)
+
+
+@app.command()
+def search(
+    text: str | None = typer.Argument(None, help="Query text or instruction."),
+    image: str | None = typer.Option(None, "--image", help="Query image path."),
+    top_k: int | None = typer.Option(None, "--top-k", min=1, max=1000, help="Results (default 9)."),
+    filters: list[str] | None = typer.Option(
+        None, "--filter", help="Metadata filter, e.g. category=Electronics or price<20 (repeat)."
+    ),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
+    as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
+    grid: str | None = typer.Option(None, "--grid", help="Save results as one image (PNG)."),
+) -> None:
+    """Search the catalog with text, an image, or an image plus an instruction."""
+    from rich.console import Console
+
+    from rag.app.display import print_results, save_result_grid
+    from rag.core.images import decode_image
+    from rag.errors import EmptyQueryError
+    from rag.factory import build_query_engine
+    from rag.retrieval.filters import parse_filters
+
+    if not (text and text.strip()) and not image:
+        raise EmptyQueryError("empty query: give a TEXT, an --image PATH, or both")
+    parsed = parse_filters(filters)
+    # Decoded once, here: a bad query image fails before any model loads.
+    query_image = decode_image(image) if image else None
+    s = _settings()
+    engine = build_query_engine(s, rerank=False if no_rerank else None)
+    try:
+        result = engine.search(text=text, image=query_image, top_k=top_k, filters=parsed)
+    finally:
+        engine.close()
+    grid_path = save_result_grid(result, grid) if grid else None
+    if as_json:
+        data = result.to_dict()
+        if grid_path:
+            data["grid"] = grid_path
+        _echo_json(data)
+        return
+    console = Console()
+    print_results(result, console)
+    if grid_path:
+        console.print(f"grid saved to {grid_path}")
+
+
+@app.command()
+def chat(
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
+) -> None:
+    """A question loop: search by conversation, refine with earlier results (#N)."""
+    from rich.console import Console
+
+    from rag.app.chat import run_chat
+    from rag.factory import build_query_engine
+
+    s = _settings()
+    with Console(stderr=True).status("loading models..."):
+        engine = build_query_engine(s, rerank=False if no_rerank else None)
+    try:
+        run_chat(engine, sys.stdin, sys.stdout)
+    finally:
+        engine.close()
+
+
+@app.command("eval")
+def eval_(
+    queries: str = typer.Argument(..., help="Query file: our JSONL, CIRR or FashionIQ captions."),
+    images: str | None = typer.Option(None, "--images", help="Folder with the data set images."),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Retrieval metrics only."),
+    both: bool = typer.Option(False, "--both", help="Retrieval and rerank metrics."),
+    top_k: int = typer.Option(10, "--top-k", min=10, max=25, help="Candidates per query."),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+    plot_out: str | None = typer.Option(None, "--plot", help="Save a bar chart (PNG)."),
+) -> None:
+    """Measure Recall@1/5/10, MRR@10, nDCG@10 with and without rerank on a labelled query set."""
+    from pathlib import Path
+
+    from rich.console import Console
+    from rich.table import Table
+
+    from rag.evaluation.plot import plot
+    from rag.evaluation.queries import read_queries
+    from rag.evaluation.runner import evaluate
+    from rag.factory import build_query_engine
+
+    if no_rerank and both:
+        raise MMSearchError("--no-rerank and --both exclude each other")
+    qs = read_queries(Path(queries), Path(images) if images else None)
+    modes = ["retrieval"] if no_rerank else ["retrieval", "rerank"] if both else ["rerank"]
+    s = _settings()
+    engine = build_query_engine(s, rerank="rerank" in modes)
+    try:
+        with _progress_bar("eval") as bar:
+            task = bar.add_task("eval", total=len(qs) * len(modes), rate="")
+            done = {"n": 0}
+
+            def progress(mode: str, i: int, n: int) -> None:
+                done["n"] += 1
+                bar.update(task, completed=done["n"], rate=mode)
+
+            report = evaluate(engine, qs, modes=modes, top_k=top_k, progress=progress)
+    finally:
+        engine.close()
+    if plot_out:
+        report["plot"] = str(plot(report, Path(plot_out)))
+    if as_json:
+        _echo_json(report)
+        return
+    table = Table(box=None)
+    table.add_column("metric")
+    for mode in modes:
+        table.add_column(mode, justify="right")
+    for key in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
+        table.add_row(key, *[f"{report[m][key]:.3f}" for m in modes])
+    console = Console()
+    console.print(f"{report['queries']} queries, top {top_k}")
+    console.print(table)
+    for mode in modes:
+        console.print(
+            f"{mode}: rerank status {report[mode]['rerank_status']}, "
+            f"latency ms {report[mode]['latency_ms']}"
+        )
+    if plot_out:
+        console.print(f"plot saved to {report['plot']}")
+
+
+models_app = typer.Typer(help="Download or import embedding models.", no_args_is_help=True)
+app.add_typer(models_app, name="models")
+
+
+@models_app.command("pull")
+def models_pull(
+    variant: str = typer.Argument("base", help="base (768-d) or m3 (1024-d)."),
+    directory: str | None = typer.Option(None, "--dir", help="Target model directory."),
+    revision: str | None = typer.Option(None, "--revision", help="Pin a Hub commit."),
+    force: bool = typer.Option(False, "--force", help="Download again even if present."),
+) -> None:
+    """Download a Visualized BGE variant from the Hugging Face Hub into a local directory."""
+    from pathlib import Path
+
+    from rag.embedding.hub import default_dir, pull
+
+    s = _settings()
+    dest = Path(directory) if directory else default_dir(variant, s.models_dir)
+    path = pull(variant, dest, revision=revision, force=force)
+    typer.echo(f"model ready in {path}")
+
+
+@models_app.command("import")
+def models_import(
+    variant: str = typer.Argument(..., help="base or m3."),
+    checkpoint: str = typer.Option(..., "--checkpoint", help="The Visualized_*.pth file."),
+    text_model: str = typer.Option(..., "--text-model", help="bge-base-en-v1.5 / bge-m3 folder."),
+    directory: str | None = typer.Option(None, "--dir", help="Target model directory."),
+) -> None:
+    """Assemble a model directory from files copied in by hand (offline machines)."""
+    from pathlib import Path
+
+    from rag.embedding.hub import default_dir, import_files
+
+    s = _settings()
+    dest = Path(directory) if directory else default_dir(variant, s.models_dir)
+    path = import_files(variant, Path(checkpoint), Path(text_model), dest)
+    typer.echo(f"model ready in {path}")
+
+
+data_app = typer.Typer(help="Download demo data sets.", no_args_is_help=True)
+app.add_typer(data_app, name="data")
+
+
+@data_app.command("pull")
+def data_pull(
+    name: str = typer.Argument(..., help="amazon-subset (the original notebook's 900 images)."),
+) -> None:
+    """Download, verify and extract a demo data set under MMSEARCH_DATA_DIR."""
+    from ingestion.datasets import amazon_subset_paths, pull_amazon_subset
+
+    if name != "amazon-subset":
+        raise MMSearchError(f"unknown data set {name!r}; available: amazon-subset")
+    images, query = amazon_subset_paths(pull_amazon_subset(_settings().data_dir))
+    typer.echo(f"images in {images}; query image {query}")
+
+
+@app.command()
+def demo(
+    synthetic: bool = typer.Option(
+        False, "--synthetic", help="Offline: random-weight tiny model + generated images."
+    ),
+    no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
+) -> None:
+    """The main job: pull the demo catalog and model, ingest, run the leopard query."""
+    from rich.console import Console
+
+    from rag.app import demo as demo_job
+    from rag.app.display import print_results
+
+    console = Console(stderr=True)
+
+    def say(msg: str) -> None:  # steps on a terminal; piped stderr keeps only results/errors
+        if console.is_terminal:
+            console.print(f"[dim]{msg}[/dim]")
+
+    plan = demo_job.prepare(_settings(), synthetic=synthetic, say=say)
+    if synthetic:
+        console.print(f"[yellow]{demo_job.SYNTHETIC_NOTE}[/yellow]")
+    with _progress_bar("ingest") as bar:
+        done = demo_job.run(
+            plan,
+            rerank=False if no_rerank else None,
+            progress=_ingest_progress(bar, "ingest"),
+            say=say,
+        )
+    report = done.ingest.report
+    console.print(
+        f"ingested: added {report.added}, unchanged {report.unchanged}, failed {len(report.failed)}"
+    )
+    out = Console()
+    out.print(f"query: {plan.text!r} + {plan.query_image}")
+    print_results(done.result, out)
+    out.print(f"results grid: {done.grid_path}")
+    out.print(
+        f"search this index again with:\n  {demo_job.search_command(plan)}",
+        soft_wrap=True,
+        markup=False,
+    )
+
+
+def main() -> None:
+    """Console-script entry point."""
+    try:
+        app()  # standalone: click handles usage errors (exit 2) and Ctrl-C itself
+    except MMSearchError as e:
+        typer.echo(f"error: {e}", err=True)
+        sys.exit(1)
+    except KeyboardInterrupt:
+        typer.echo("interrupted", err=True)
+        sys.exit(130)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""The query engine: retrieval -> postprocessors -> rerank -> `SearchResult`."""

@@ -1,0 +1,1 @@
+"""Evaluation: query-set readers (our JSONL, CIRR, FashionIQ), ranking metrics, the runner."""

@@ -1,0 +1,2 @@
+"""Retrieval: the composed-query retriever (text, image, image + instruction) and user filter
+expressions."""
