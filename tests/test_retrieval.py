@@ -7,7 +7,7 @@ from llama_index.core.schema import QueryBundle
 
 from rag.core.settings import Settings
 from rag.engine.query_engine import MMSearchQueryEngine
-from rag.errors import EmptyCollectionError, EmptyQueryError, InputImageError
+from rag.errors import ConfigError, EmptyCollectionError, EmptyQueryError, InputImageError
 from rag.factory import build_query_engine
 from rag.retrieval.retriever import ComposedRetriever
 from rag.store.milvus import CatalogStore
@@ -234,3 +234,15 @@ def test_results_table_fits_a_terminal(
     monkeypatch.chdir(tmp_path)  # inside: a relative path
     assert short_path(str(folder / "img_002.png")) == "imgs/img_002.png"
     assert short_path("https://example.com/a.png") == "https://example.com/a.png"
+
+
+def test_search_mode_is_validated_and_reported(catalog, tiny_embedding) -> None:
+    store, _, _ = catalog
+    engine = _engine(store, tiny_embedding)
+    assert engine.search(text="red", top_k=2).query["mode"] == "dense"
+    assert engine.search(text="red", top_k=2, mode="dense").query["mode"] == "dense"
+    with pytest.raises(ConfigError, match="search mode must be one of dense, keyword, hybrid"):
+        engine.search(text="red", mode="fuzzy")
+    # a collection without a text index: keyword / hybrid is a one-line error naming the fix
+    with pytest.raises(ConfigError, match="needs a text index"):
+        engine.search(text="red", mode="keyword")

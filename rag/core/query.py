@@ -14,9 +14,18 @@ from typing import Literal
 from llama_index.core.schema import QueryBundle
 
 from rag.core.images import DecodedImage, ImageInput, decode_image
-from rag.errors import EmptyQueryError
+from rag.errors import ConfigError, EmptyQueryError
 
 QueryKind = Literal["text", "image", "composed"]
+SearchMode = Literal["dense", "keyword", "hybrid"]
+SEARCH_MODES: tuple[SearchMode, ...] = ("dense", "keyword", "hybrid")
+
+
+def check_mode(mode: str | None) -> SearchMode | None:
+    """``mode`` validated (None = the engine's default for the query)."""
+    if mode is None or mode in SEARCH_MODES:
+        return mode  # type: ignore[return-value]
+    raise ConfigError(f"search mode must be one of {', '.join(SEARCH_MODES)}, got {mode!r}")
 
 
 @dataclass

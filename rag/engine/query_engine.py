@@ -22,7 +22,13 @@ from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores import MetadataFilters
 
 from rag.core.images import DecodedImage, ImageInput
-from rag.core.query import ImageQueryBundle, query_image, query_kind
+from rag.core.query import (
+    ImageQueryBundle,
+    SearchMode,
+    check_mode,
+    query_image,
+    query_kind,
+)
 from rag.errors import ConfigError, EmptyCollectionError, EmptyQueryError
 from rag.rerank.outcome import RerankOutcome
 from rag.rerank.postprocessor import VLMReranker
@@ -132,9 +138,15 @@ class MMSearchQueryEngine(BaseQueryEngine):
         top_k: int | None = None,
         filters: MetadataFilters | None = None,
         rerank: bool | None = None,
+        mode: SearchMode | None = None,
     ) -> SearchResult:
-        """Search for one query bundle (the image decoded once if it is not yet)."""
+        """Search for one query bundle (the image decoded once if it is not yet).
+
+        ``mode``: ``dense`` (embeddings), ``keyword`` (BM25 on catalog text) or ``hybrid``
+        (both, fused); ``None`` picks the default for the query.
+        """
         kind = query_kind(bundle)
+        mode = check_mode(mode) or "dense"
         t0 = time.perf_counter()
         if not isinstance(bundle, ImageQueryBundle):
             bundle = ImageQueryBundle(
@@ -143,7 +155,7 @@ class MMSearchQueryEngine(BaseQueryEngine):
                 embedding=bundle.embedding,
                 image=query_image(bundle),
             )
-        found = self.retriever.search(bundle, top_k=top_k, filters=filters)
+        found = self.retriever.search(bundle, top_k=top_k, filters=filters, mode=mode)
         nodes = found.nodes
         if not nodes and self.store is not None and self.store.count() == 0:
             raise EmptyCollectionError(
@@ -158,6 +170,7 @@ class MMSearchQueryEngine(BaseQueryEngine):
                 "text": bundle.query_str or None,
                 "image": bundle.image.label if bundle.image else None,
                 "kind": kind,
+                "mode": mode,
                 "top_k": top_k or self.retriever.top_k,
             },
             nodes=outcome.nodes,
@@ -197,11 +210,14 @@ class MMSearchQueryEngine(BaseQueryEngine):
         top_k: int | None = None,
         filters: MetadataFilters | Sequence[str] | None = None,
         rerank: bool | None = None,
+        mode: SearchMode | None = None,
     ) -> SearchResult:
         """Search with text, an image (path, PIL image, bytes or a ``DecodedImage``), or both.
 
-        ``filters`` is a LlamaIndex ``MetadataFilters`` or expressions like ``"price<20"``.
+        ``filters`` is a LlamaIndex ``MetadataFilters`` or expressions like ``"price<20"``;
+        ``mode`` is ``dense``, ``keyword`` or ``hybrid`` (``None``: the default for the query).
         """
+        check_mode(mode)
         if top_k is not None and top_k < 1:
             raise ConfigError(f"top_k must be > 0, got {top_k}")
         if not (text and text.strip()) and image is None:
@@ -209,7 +225,7 @@ class MMSearchQueryEngine(BaseQueryEngine):
         if filters is not None and not isinstance(filters, MetadataFilters):
             filters = parse_filters(filters)
         bundle = ImageQueryBundle.build(text, image)
-        return self.run(bundle, top_k=top_k, filters=filters, rerank=rerank)
+        return self.run(bundle, top_k=top_k, filters=filters, rerank=rerank, mode=mode)
 
     async def asearch(self, *args: Any, **kwargs: Any) -> SearchResult:
         return await asyncio.to_thread(self.search, *args, **kwargs)

@@ -18,7 +18,7 @@ from llama_index.core.base.base_retriever import BaseRetriever
 from llama_index.core.schema import NodeWithScore, QueryBundle
 from llama_index.core.vector_stores import MetadataFilters, VectorStoreQuery
 
-from rag.core.query import query_image, query_kind
+from rag.core.query import SearchMode, query_image, query_kind
 from rag.errors import ConfigError, StoreError
 from rag.store.milvus import short_error
 
@@ -78,8 +78,16 @@ class ComposedRetriever(BaseRetriever):
         *,
         top_k: int | None = None,
         filters: MetadataFilters | None = None,
+        mode: SearchMode = "dense",
     ) -> Retrieved:
-        """Like :meth:`retrieve`, with a per-call ``top_k`` and ``filters``, and timings."""
+        """Like :meth:`retrieve`, with a per-call ``top_k``, ``filters`` and search ``mode``,
+        and timings."""
+        if mode != "dense":
+            name = getattr(self.vector_store, "collection_name", "?")
+            raise ConfigError(
+                f"search mode {mode!r} needs a text index, and collection {name!r} has none; "
+                "use mode 'dense'"
+            )
         t0 = time.perf_counter()
         vector = self.embed_query(bundle)
         t1 = time.perf_counter()
