@@ -13,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 RESULTS = Path(__file__).resolve().parent / "results"
+# CPU features that decide matmul speed (bf16 support above all).
+_NOTABLE_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx_int8", "fma"}
 
 
 def machine_info() -> dict[str, Any]:
@@ -30,9 +32,15 @@ def machine_info() -> dict[str, Any]:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
             if line.startswith("model name"):
                 info["cpu"] = line.split(":", 1)[1].strip()
+            elif line.startswith("flags"):
+                flags = set(line.split(":", 1)[1].split())
+                info["cpu_flags"] = sorted(flags & _NOTABLE_FLAGS)
                 break
     except OSError:
         pass
+    if hasattr(os, "getloadavg"):
+        # Other work on the machine skews absolute numbers; ratios within one run hold better.
+        info["load_avg_1m_at_write"] = round(os.getloadavg()[0], 2)
     return info
 
 
