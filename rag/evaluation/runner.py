@@ -1,48 +1,257 @@
-"""Run a query set through the engine in each mode (``retrieval``, ``rerank``) and report.
+"""Run the query sets through the engine for each search mode (``dense``, ``keyword``,
+``hybrid``) and stage (``retrieval``, ``rerank``), and assemble the report.
 
-Metrics (JSON keys): ``recall@1``, ``recall@5``, ``recall@10``, ``mrr@10``, ``ndcg@10``, for
-retrieval alone and after the rerank, plus rerank status counts and per-stage latency.
+Retrieval depth comes from the protocol (50 ranks for CIRR and FashionIQ, plus the query image
+where it is removed), not from the interactive top-k cap. The rerank reorders the head it sees
+(``top_k`` candidates; the VLM's grid holds at most 25) and the ranks below keep the retrieval
+order, so a metric at a cut-off >= ``top_k`` is the same before and after the rerank.
+
+Report (JSON): ``protocol``, ``files``, ``queries``, ``top_k`` (candidates reranked), ``depth``
+(ranks scored), ``search_modes``, ``gallery`` (per file), ``warnings``; then per stage the
+protocol's metrics, ``rerank_status`` counts, ``latency_ms`` and ``submission`` files (test
+splits). With one search mode the stages are top-level keys (``report["retrieval"]``,
+``report["rerank"]``); with several they sit under ``report["by_mode"][mode]``.
 """
 
 from __future__ import annotations
 
+import functools
+import itertools
+import logging
 import statistics
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
-from rag.evaluation.metrics import metrics_for
+from rag.core.images import decode_image
+from rag.core.query import SEARCH_MODES
+from rag.errors import ConfigError, EvalInputError, InputImageError, MMSearchError
+from rag.evaluation import protocols, submission
+from rag.evaluation.gallery import Gallery
+from rag.evaluation.metrics import subset_ranking
+from rag.evaluation.prepare import Prepared
+from rag.evaluation.protocols import SUBSET_DEPTH, Ranked
 from rag.evaluation.queries import EvalQuery, result_names
+
+logger = logging.getLogger(__name__)
+
+STAGES = ("retrieval", "rerank")
+Progress = Callable[[str, int, int], None]
+
+
+@dataclass
+class _StageLog:
+    """What one (search mode, stage) collected: rankings per query set, statuses, timings."""
+
+    ranked: list[list[Ranked]]
+    statuses: Counter[str] = field(default_factory=Counter)
+    timings: dict[str, list[float]] = field(default_factory=dict)
+
+    def add(self, set_no: int, ranked: Ranked, result: Any) -> None:
+        self.ranked[set_no].append(ranked)
+        self.statuses[result.rerank["status"]] += 1
+        for key, value in result.timings.items():
+            self.timings.setdefault(key, []).append(value)
+
+
+def parse_modes(values: Sequence[str] | None) -> list[str | None]:
+    """``--mode`` values (repeatable, or comma lists) -> search modes; [None] = the default."""
+    modes = [m.strip() for v in values or () for m in v.split(",") if m.strip()]
+    for m in modes:
+        if m not in SEARCH_MODES:
+            raise ConfigError(f"--mode must be one of {', '.join(SEARCH_MODES)}, got {m!r}")
+    return list(dict.fromkeys(modes)) or [None]
+
+
+def _ranked(rows: Sequence[dict[str, Any]], g: Gallery, exclude: set[str], depth: int) -> Ranked:
+    """Result rows -> data set names, best first: the excluded image dropped, each image once."""
+    out = Ranked([])
+    for row in rows:
+        name = g.name(row)
+        aliases = result_names(row) | {name}
+        if name in out.names or aliases & exclude:
+            continue
+        out.names.append(name)
+        out.aliases.append(aliases)
+        if len(out.names) == depth:
+            break
+    return out
+
+
+def _member_order(ask: Callable[..., Any], q: EvalQuery, g: Gallery) -> list[str]:
+    """All of a CIRR query's img_set members in retrieval order (one search limited to them)."""
+    members_filter = g.members_filter(q.members)
+    if members_filter is None:
+        return []
+    n = sum(len(g.rows_for(m)) for m in q.members)
+    res = ask(top_k=n, filters=members_filter, rerank=False)
+    return [name for name in dict.fromkeys(g.name(r) for r in res.results) if name in q.members]
+
+
+def _subsets(ask: Callable[..., Any], q: EvalQuery, g: Gallery, ranked: list[Ranked]) -> None:
+    """Each ranking's subset order; members below the scored depth are placed by their
+    retrieval order (one extra search, only when fewer than 3 members made the depth)."""
+    need = min(SUBSET_DEPTH, len(q.members))
+    order: list[str] | None = None
+    for r in ranked:
+        r.subset = subset_ranking(r.names, q.members)
+        if len(r.subset) < need:
+            if order is None:
+                order = _member_order(ask, q, g)
+            r.subset += [m for m in order if m not in r.subset]
+
+
+def _image(q: EvalQuery) -> Any:
+    if q.image is None:
+        return None
+    try:
+        return decode_image(q.image)
+    except InputImageError as e:
+        raise EvalInputError(f"row {q.row}: query image: {e}") from e
+
+
+def rank_query(
+    engine: Any,
+    q: EvalQuery,
+    g: Gallery,
+    protocol: protocols.Protocol,
+    *,
+    mode: str | None,
+    stages: Sequence[str],
+    top_k: int,
+) -> dict[str, tuple[Ranked, Any]]:
+    """One query's ranking per stage, with the search result whose status and timings count."""
+    exclude = q.exclude if protocol.exclude_reference else set()
+    n_excl = sum(len(g.rows_for(n)) for n in exclude) if g.listed else len(exclude)
+    depth = protocol.depth + n_excl
+    ask = functools.partial(
+        engine.search, text=q.text, image=_image(q), filters=g.filters, mode=mode
+    )
+    # The rerank sees only its head; the ranks below come from one deeper retrieval.
+    deep: Any = None
+    if "retrieval" in stages or depth > top_k + n_excl:
+        deep = ask(top_k=depth, rerank=False)
+    out: dict[str, tuple[Ranked, Any]] = {}
+    if deep is not None and "retrieval" in stages:
+        out["retrieval"] = (_ranked(deep.results, g, exclude, protocol.depth), deep)
+    if "rerank" in stages:
+        head = ask(top_k=top_k + n_excl, rerank=True)
+        rows = head.results + (deep.results if deep is not None else [])
+        out["rerank"] = (_ranked(rows, g, exclude, protocol.depth), head)
+    if q.members:
+        _subsets(ask, q, g, [r for r, _ in out.values()])
+    return out
+
+
+def probe_modes(engine: Any, prep: Prepared, modes: Sequence[str | None]) -> list[str]:
+    """Run the first query once per search mode, so an unsupported mode fails in one line
+    before any long run; returns each mode's name (the engine's default named as it reports)."""
+    qs, g = prep.sets[0], prep.galleries[0]
+    q = qs.queries[0]
+    labels = []
+    for mode in modes:
+        try:
+            res = engine.search(
+                text=q.text, image=_image(q), top_k=1, filters=g.filters, rerank=False, mode=mode
+            )
+        except MMSearchError as e:
+            if mode is None:
+                raise
+            raise ConfigError(f"eval --mode {mode}: {e}") from e
+        labels.append(mode or str(res.query.get("mode") or "default"))
+    return labels
+
+
+def _run_mode(
+    engine: Any,
+    prep: Prepared,
+    mode: str | None,
+    *,
+    stages: Sequence[str],
+    top_k: int,
+    progress: Callable[[], None],
+) -> dict[str, _StageLog]:
+    logs = {s: _StageLog([[] for _ in prep.sets]) for s in stages}
+    for set_no, (qs, g) in enumerate(zip(prep.sets, prep.galleries, strict=True)):
+        for q in qs.queries:
+            try:
+                per_stage = rank_query(
+                    engine, q, g, prep.protocol, mode=mode, stages=stages, top_k=top_k
+                )
+            except EvalInputError as e:
+                raise EvalInputError(f"{qs.path}: {e}") from e
+            for stage, (ranked, result) in per_stage.items():
+                logs[stage].add(set_no, ranked, result)
+            progress()
+    return logs
+
+
+def _stage_entry(prep: Prepared, log: _StageLog, out_dir: Path | None, tag: str) -> dict[str, Any]:
+    entry = protocols.score(prep.protocol, list(zip(prep.sets, log.ranked, strict=True)))
+    entry["rerank_status"] = dict(log.statuses)
+    entry["latency_ms"] = {k: round(statistics.fmean(v) * 1000, 2) for k, v in log.timings.items()}
+    tests = [
+        (qs, r) for qs, r in zip(prep.sets, log.ranked, strict=True) if not qs.has_ground_truth
+    ]
+    if tests:
+        folder = (out_dir or Path("submissions")) / tag
+        entry["submission"] = [str(p) for qs, r in tests for p in submission.write(folder, qs, r)]
+    return entry
 
 
 def evaluate(
     engine: Any,
-    queries: Sequence[EvalQuery],
+    prep: Prepared,
     *,
-    modes: Sequence[str],
+    stages: Sequence[str] = ("rerank",),
+    search_modes: Sequence[str | None] = (None,),
     top_k: int = 10,
-    progress: Any = None,
+    submission_dir: Path | None = None,
+    progress: Progress | None = None,
 ) -> dict[str, Any]:
-    """Run every query in each mode (``retrieval``, ``rerank``); returns the report dict."""
-    report: dict[str, Any] = {"queries": len(queries), "top_k": top_k}
-    for mode in modes:
-        flags: list[tuple[list[bool], int]] = []
-        statuses: Counter[str] = Counter()
-        stage: dict[str, list[float]] = {}
-        for i, q in enumerate(queries):
-            res = engine.search(
-                text=q.text, image=q.image, top_k=top_k + len(q.exclude), rerank=(mode == "rerank")
-            )
-            rows = [r for r in res.results if not (result_names(r) & q.exclude)][:top_k]
-            flags.append(([bool(result_names(r) & q.relevant) for r in rows], len(q.relevant)))
-            statuses[res.rerank["status"]] += 1
-            for key, value in res.timings.items():
-                stage.setdefault(key, []).append(value)
-            if progress:
-                progress(mode, i + 1, len(queries))
-        report[mode] = {
-            **metrics_for(flags),
-            "rerank_status": dict(statuses),
-            "latency_ms": {k: round(statistics.fmean(v) * 1000, 2) for k, v in stage.items()},
+    """Run every query in each search mode and stage; returns the report dict."""
+    unknown = set(stages) - set(STAGES)
+    if unknown or not stages:
+        raise ConfigError(f"stages must be among {STAGES}, got {list(stages)}")
+    labels = probe_modes(engine, prep, search_modes)
+    total = sum(len(qs.queries) for qs in prep.sets)
+    counter = itertools.count(1)
+
+    def tick(label: str) -> None:
+        done = next(counter)
+        if progress:
+            progress(label, done, total * len(labels))
+
+    by_mode: dict[str, dict[str, Any]] = {}
+    for label, mode in zip(labels, search_modes, strict=True):
+        logs = _run_mode(
+            engine, prep, mode, stages=stages, top_k=top_k, progress=functools.partial(tick, label)
+        )
+        by_mode[label] = {
+            s: _stage_entry(prep, logs[s], submission_dir, f"{label}-{s}") for s in stages
         }
+    return _report(prep, labels, by_mode, top_k, total)
+
+
+def _report(
+    prep: Prepared, labels: list[str], by_mode: dict[str, Any], top_k: int, total: int
+) -> dict[str, Any]:
+    report: dict[str, Any] = {
+        "protocol": prep.protocol.name,
+        "files": [str(qs.path) for qs in prep.sets],
+        "queries": total,
+        "top_k": top_k,
+        "depth": prep.protocol.depth,
+        "search_modes": labels,
+        "gallery": {
+            qs.path.name: g.summary for qs, g in zip(prep.sets, prep.galleries, strict=True)
+        },
+        "warnings": prep.warnings,
+    }
+    if len(labels) == 1:
+        report.update(by_mode[labels[0]])
+    else:
+        report["by_mode"] = by_mode
     return report
