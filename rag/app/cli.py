@@ -44,7 +44,13 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not verbose:
-        # pymilvus logs every failed RPC at ERROR before raising; our one-line message says it.
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """pymilvus logs every failed RPC at ERROR before raising (our one-line message says it),
+    and resets its loggers when it is imported: call again after a command imports it."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in ("pymilvus", "milvus_lite", "grpc"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -252,6 +258,7 @@ def eval_(
     image_dir = Path(images) if images else None
     sets, proto = read_sets([Path(q) for q in queries], image_dir, protocol)
     engine = build_query_engine(_settings(), rerank="rerank" in stages)
+    _quiet_libraries()
     try:
         prep = prepare(engine, sets, proto, split_files=[Path(p) for p in split_files],
                        images=image_dir)  # fmt: skip

@@ -19,14 +19,15 @@ import functools
 import itertools
 import logging
 import statistics
+import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from rag.core.images import decode_image
-from rag.core.query import SEARCH_MODES
+from rag.core.query import SEARCH_MODES, ImageQueryBundle
 from rag.errors import ConfigError, EvalInputError, InputImageError, MMSearchError
 from rag.evaluation import protocols, submission
 from rag.evaluation.gallery import Gallery
@@ -112,6 +113,40 @@ def _image(q: EvalQuery) -> Any:
         raise EvalInputError(f"row {q.row}: query image: {e}") from e
 
 
+def _asker(
+    engine: Any, q: EvalQuery, g: Gallery, mode: str | None
+) -> tuple[Callable[..., Any], float | None]:
+    """The searches of one query (``ask(top_k=, rerank=, [filters=])``) and the seconds its
+    embedding took: the image decoded once and, where the engine exposes its retriever, the
+    query embedded once for all of them (deep retrieval, the rerank's head, subset search)."""
+    image = _image(q)
+    embed = getattr(getattr(engine, "retriever", None), "embed_query", None)
+    run = getattr(engine, "run", None)
+    if embed is None or run is None or mode == "keyword":
+        ask = functools.partial(
+            engine.search, text=q.text, image=image, filters=g.filters, mode=mode
+        )
+        return ask, None
+    bundle = ImageQueryBundle.build(q.text, image)
+    t0 = time.perf_counter()
+    bundle.embedding = embed(bundle)
+    embed_s = time.perf_counter() - t0
+
+    def ask_run(**kwargs: Any) -> Any:
+        return run(bundle, **{"filters": g.filters, "mode": mode, **kwargs})
+
+    return ask_run, embed_s
+
+
+def _charge_embedding(results: Iterable[Any], embed_s: float | None) -> None:
+    """Each stage's timings include the query's one embedding (its searches reused it)."""
+    if embed_s is None:
+        return
+    for res in results:
+        res.timings["embed_s"] = embed_s
+        res.timings["total_s"] = res.timings.get("total_s", 0.0) + embed_s
+
+
 def rank_query(
     engine: Any,
     q: EvalQuery,
@@ -126,9 +161,7 @@ def rank_query(
     exclude = q.exclude if protocol.exclude_reference else set()
     n_excl = sum(len(g.rows_for(n)) for n in exclude) if g.listed else len(exclude)
     depth = protocol.depth + n_excl
-    ask = functools.partial(
-        engine.search, text=q.text, image=_image(q), filters=g.filters, mode=mode
-    )
+    ask, embed_s = _asker(engine, q, g, mode)
     # The rerank sees only its head; the ranks below come from one deeper retrieval.
     deep: Any = None
     if "retrieval" in stages or depth > top_k + n_excl:
@@ -142,6 +175,7 @@ def rank_query(
         out["rerank"] = (_ranked(rows, g, exclude, protocol.depth), head)
     if q.members:
         _subsets(ask, q, g, [r for r, _ in out.values()])
+    _charge_embedding((res for _, res in out.values()), embed_s)
     return out
 
 
