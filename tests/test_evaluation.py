@@ -26,6 +26,7 @@ from rag.evaluation.metrics import (
 from rag.evaluation.prepare import Prepared, match_splits, prepare, read_sets
 from rag.evaluation.protocols import PROTOCOLS
 from rag.evaluation.queries import read_queries, read_query_set
+from rag.evaluation.report import summary, table
 from rag.evaluation.runner import evaluate, parse_modes
 from rag.factory import build_query_engine
 from tests.conftest import run_cli
@@ -363,6 +364,12 @@ def test_report_per_search_mode_and_stage(tmp_path: Path) -> None:
     assert d["retrieval"]["recall_avg"] == 0.75
     # retrieval asks for 50 ranks (reference kept: no +1); the rerank for its head of 10
     assert ("dense", 50, False) in engine.calls and ("dense", 10, True) in engine.calls
+    header, rows = table(report)
+    assert header == ["metric (%)", "dense retrieval", "dense rerank", "hybrid retrieval",
+                      "hybrid rerank"]  # fmt: skip
+    assert rows[0] == ["recall@10", "50.00", "50.00", "50.00", "50.00"]
+    assert [r[0] for r in rows] == ["recall@10", "recall@50", "recall_avg"]  # one category
+    assert "hybrid rerank: rerank status {'ok': 2}" in "\n".join(summary(report))
     # one search mode: the stages are top-level keys, as before
     single = evaluate(FakeEngine({"dense": dense}), prep, stages=["rerank"])
     assert single["search_modes"] == ["dense"] and "by_mode" not in single

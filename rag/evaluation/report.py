@@ -22,10 +22,13 @@ def columns(report: dict[str, Any]) -> list[tuple[str, dict[str, Any]]]:
 
 
 def metric_keys(entry: dict[str, Any]) -> list[str]:
-    """The metric keys of a stage entry (per-category ones as ``<category> <metric>``)."""
+    """The metric keys of a stage entry (per-category ones as ``<category> <metric>`` when
+    there are several categories)."""
     keys = [k for k, v in entry.items() if k not in _NOT_METRICS and isinstance(v, float)]
-    for cat, values in entry.get("categories", {}).items():
-        keys += [f"{cat} {k}" for k, v in values.items() if isinstance(v, float)]
+    categories = entry.get("categories", {})
+    if len(categories) > 1:  # one category: its metrics are the means already shown
+        for cat, values in categories.items():
+            keys += [f"{cat} {k}" for k, v in values.items() if isinstance(v, float)]
     return keys
 
 
