@@ -94,7 +94,8 @@ def test_stored_metadata_and_search(
     assert row["title"] == "Leopard case" and row["category"] == "Cell_Phones"
     assert row["price"] == 12.5 and row["brand"] == "Acme"
     assert row["image_path"] == str((folder / "img_000.png").resolve())
-    assert row["text"] == ""  # image nodes carry no text (no double embedding)
+    # the catalog text is the node's text (BM25-indexed); written once, embedded never
+    assert row["text"] == "Leopard case"
 
 
 def test_catalog_with_urls_via_loopback_server(

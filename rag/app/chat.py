@@ -5,6 +5,7 @@ Turn syntax:
   /image PATH  (or a path / URL typed alone on a line)   attach a query image for the next turns
   like #3 but in red        use result 3's image as the query image, with the new text
   /rerank on|off  /k N  /filter key=value ... | /filter clear  /grid [OUT.png]  /open N
+  /mode dense|keyword|hybrid|auto   how to search (auto: hybrid for text on a catalog with text)
   /clear (drop the attached image)  /help  /quit (also exit, Ctrl-D, Ctrl-C)
 
 The loop takes input/output streams so tests can drive it; a bad turn prints one line and the
@@ -41,6 +42,7 @@ class ChatState:
     top_k: int | None = None
     rerank: bool | None = None
     filters: list[str] = field(default_factory=list)
+    mode: str | None = None  # None: the engine's default for each query
     last: Any = None  # the last SearchResult
 
 
@@ -132,6 +134,8 @@ class ChatSession:
             self.say(f"top-k {args[0]}")
         elif cmd == "/filter":
             self._filter(args)
+        elif cmd == "/mode":
+            self._mode(args)
         elif cmd == "/grid":
             self._grid(args[0] if args else None)
         elif cmd == "/open":
@@ -160,6 +164,20 @@ class ChatSession:
         parse_filters(args)  # validate
         self.state.filters = args
         self.say("filters: " + " and ".join(args))
+
+    def _mode(self, args: list[str]) -> None:
+        from rag.core.query import SEARCH_MODES
+
+        if not args:
+            last = self.state.last.query.get("mode") if self.state.last is not None else None
+            self.say(
+                f"mode {self.state.mode or 'auto'}" + (f" (last search: {last})" if last else "")
+            )
+            return
+        if len(args) != 1 or args[0] not in (*SEARCH_MODES, "auto"):
+            raise MMSearchError("usage: /mode dense|keyword|hybrid|auto")
+        self.state.mode = None if args[0] == "auto" else args[0]
+        self.say(f"mode {args[0]}")
 
     def _grid(self, out: str | None) -> None:
         from rag.app.display import save_result_grid
@@ -194,6 +212,7 @@ class ChatSession:
                 top_k=self.state.top_k,
                 filters=self.state.filters or None,
                 rerank=self.state.rerank,
+                mode=self.state.mode,
             )
         self.state.last = result
         if image:
