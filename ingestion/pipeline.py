@@ -110,6 +110,8 @@ class Ingestor:
         workers: threads that read/download/decode ahead of the model.
         cache_dir: where URL images are cached.
         progress: called with (done, total) as items finish.
+        allow_private_urls: also fetch image URLs on private, loopback and link-local
+            addresses (off: the SSRF guard of ``rag.core.fetch`` refuses them).
     """
 
     def __init__(
@@ -121,6 +123,7 @@ class Ingestor:
         workers: int = 2,
         cache_dir: Path | None = None,
         progress: Progress | None = None,
+        allow_private_urls: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0, got {batch_size}")
@@ -135,6 +138,7 @@ class Ingestor:
         self.workers = workers
         self.cache_dir = cache_dir or Path("./data/cache/urls")
         self.progress = progress
+        self.allow_private_urls = allow_private_urls
         # Both the text and the image store are the one collection: Visualized BGE puts text
         # and images in one space, and a text store that keeps text stops LlamaIndex from
         # also copying every node into an in-memory docstore. Models are passed explicitly
@@ -157,7 +161,11 @@ class Ingestor:
             raise InputImageError(
                 f"{item.image}: file name is not valid UTF-8; rename the file"
             ) from e
-        local = str(fetch(item.image, self.cache_dir)) if item.is_url else item.image
+        local = (
+            str(fetch(item.image, self.cache_dir, allow_private=self.allow_private_urls))
+            if item.is_url
+            else item.image
+        )
         sha = content_sha256(read_bytes(local))
         return _Fingerprint(item, local, sha, row_id(item.key, sha))
 

@@ -63,6 +63,7 @@ def ingest_items(
             workers=workers,
             cache_dir=settings.data_dir / "cache" / "urls",
             progress=progress,
+            allow_private_urls=settings.allow_private_urls,
         ).run(items, prune_sources=sources)
         rows = store.count()
     finally:

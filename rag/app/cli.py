@@ -205,7 +205,7 @@ def chat(
     with Console(stderr=True).status("loading models..."):
         engine = build_query_engine(s, rerank=False if no_rerank else None)
     try:
-        run_chat(engine, sys.stdin, sys.stdout)
+        run_chat(engine, sys.stdin, sys.stdout, allow_private_urls=s.allow_private_urls)
     finally:
         engine.close()
 

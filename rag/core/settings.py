@@ -77,6 +77,12 @@ class Settings(BaseSettings):
     )
     vlm_api_key: SecretStr | None = Field(default=None, description="API key for vlm_base_url.")
     vlm_timeout_s: float = Field(default=120.0, gt=0, description="Per-call VLM timeout.")
+    # -- fetching image URLs ----------------------------------------------------------
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Fetch image URLs on private, loopback and link-local addresses (SSRF "
+        "guard off; for intranet catalogs).",
+    )
 
     @field_validator("milvus_uri")
     @classmethod
