@@ -46,6 +46,18 @@ class URLNotAllowedError(InputImageError):
     """A URL points at an address the fetcher refuses (private, loopback, link-local: SSRF)."""
 
 
+class PayloadTooLargeError(MMSearchError):
+    """A request body or upload is over the server's size cap."""
+
+
+class AuthError(MMSearchError):
+    """A request lacks the API key, or carries a wrong one."""
+
+
+class NotFoundError(MMSearchError):
+    """A row, image or job asked for by id does not exist."""
+
+
 class EmptyQueryError(MMSearchError):
     """A query with neither text nor image."""
 
