@@ -5,13 +5,14 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import embedding, ingestion, query, rerank
+from benchmarks import embedding, ingestion, query, rerank, serve
 
 ALL = {
     "embedding": embedding.run,
     "ingestion": ingestion.run,
     "query": query.run,
     "rerank": rerank.run,
+    "serve": serve.run,
 }
 
 

@@ -82,7 +82,7 @@ def _stats_route() -> APIRouter:
     async def stats(request: Request) -> dict[str, Any]:
         state = get_state(request)
         store = state.engine.store
-        return await state.run(lambda: store.info().to_dict())
+        return await state.run_io(lambda: store.info().to_dict())
 
     return router
 

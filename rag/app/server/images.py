@@ -88,12 +88,12 @@ async def original(row_id: str, request: Request) -> FileResponse:
         file = row_file(state, row_id)
         return file, media_type(file)
 
-    file, kind = await state.run(find)
+    file, kind = await state.run_io(find)
     return FileResponse(file, media_type=kind, headers=_CACHE)
 
 
 @router.get("/{row_id}/thumb", summary="A row's thumbnail (JPEG)", response_class=FileResponse)
 async def thumbnail(row_id: str, request: Request) -> FileResponse:
     state = get_state(request)
-    thumb = await state.run(lambda: state.thumbnails.get(row_id, row_file(state, row_id)))
+    thumb = await state.run_io(lambda: state.thumbnails.get(row_id, row_file(state, row_id)))
     return FileResponse(thumb, media_type="image/jpeg", headers=_CACHE)

@@ -159,7 +159,7 @@ async def _request_items(request: Request, cap: int) -> tuple[list[Any], str, bo
     kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
     if kind == "application/json":
         req = IngestRequest.model_validate_json(await request.body())
-        return await state.run(lambda: list_items([req.path])), req.path, req.prune
+        return await state.run_io(lambda: list_items([req.path])), req.path, req.prune
     if kind != "multipart/form-data":
         raise ConfigError(
             'send application/json {"path": ...} or multipart/form-data with a catalog file'
@@ -173,7 +173,7 @@ async def _request_items(request: Request, cap: int) -> tuple[list[Any], str, bo
             raise PayloadTooLargeError(too_large_message(cap))
         name = " ".join((upload.filename or "catalog.jsonl").split())[:120]
         prune = str(form.get("prune", "false")).lower() in ("1", "true", "on", "yes")
-    items = await state.run(lambda: _uploaded_items(name, data))
+    items = await state.run_io(lambda: _uploaded_items(name, data))
     return items, f"upload:{name}", prune
 
 

@@ -34,15 +34,22 @@ class ServerState:
     thumbnails: Thumbnails
     jobs: IngestJobs
     pool: ThreadPoolExecutor = field(init=False)
+    io_pool: ThreadPoolExecutor = field(init=False)
 
     def __post_init__(self) -> None:
         self.pool = ThreadPoolExecutor(
-            max_workers=self.config.search_threads, thread_name_prefix="mmsearch-serve"
+            max_workers=self.config.search_threads, thread_name_prefix="mmsearch-search"
         )
+        # Searches wait on the model; images, thumbnails and stats must not queue behind them.
+        self.io_pool = ThreadPoolExecutor(max_workers=8, thread_name_prefix="mmsearch-io")
 
     async def run(self, fn: Callable[[], T]) -> T:
-        """Run blocking ``fn`` (model calls, Milvus, file and image I/O) off the event loop."""
+        """Run a blocking search (model calls, Milvus, decoding, downloads) off the event loop."""
         return await asyncio.get_running_loop().run_in_executor(self.pool, fn)
+
+    async def run_io(self, fn: Callable[[], T]) -> T:
+        """Run short blocking work (a row lookup, a file, a thumbnail) off the event loop."""
+        return await asyncio.get_running_loop().run_in_executor(self.io_pool, fn)
 
     def row(self, row_id: str) -> Any:
         """The collection's node with id ``row_id`` (blocking).
@@ -60,7 +67,8 @@ class ServerState:
 
     def close(self) -> None:
         self.jobs.close()
-        self.pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self.pool, self.io_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
 
 
 def get_state(request: Request) -> ServerState:
