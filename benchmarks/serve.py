@@ -5,8 +5,10 @@ The server is the real command (`python -m rag.app.cli serve`) in its own proces
 catalog of generated images ingested beforehand with the same model. The server's overhead is
 measured paired: each query runs in-process straight through ``engine.search`` (on a copy of
 the collection: Milvus Lite lets one process open a file) and then over HTTP, alternately, so
-both see the same machine load. A /healthz probe during the load shows whether the event loop
-stays responsive while the model works.
+both see the same machine load (on a machine busy with other work the scheduler favours the
+mostly idle server process, so run it on a quiet machine: the load average is recorded). A
+/healthz probe during the load shows whether the event loop stays responsive while the model
+works.
 
 Knobs (environment): MMSEARCH_BENCH_SERVE_CLIENTS (8), MMSEARCH_BENCH_SERVE_SEARCHES (10 per
 client), MMSEARCH_BENCH_SERVE_MODEL (``full``: full-size random weights, the real compute cost
@@ -213,6 +215,8 @@ def run(clients: int | None = None, searches: int | None = None) -> Path:
     m = searches or int(os.environ.get("MMSEARCH_BENCH_SERVE_SEARCHES", "10"))
     model = os.environ.get("MMSEARCH_BENCH_SERVE_MODEL", "full")
     rows = int(os.environ.get("MMSEARCH_BENCH_SERVE_ROWS", "60"))
+    # Other work on the machine moves every number here (see the module docstring).
+    load_at_start = round(os.getloadavg()[0], 2) if hasattr(os, "getloadavg") else None
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
         model_dir = make_embed_dir(root / "model", full_size=model == "full")
@@ -246,6 +250,7 @@ def run(clients: int | None = None, searches: int | None = None) -> Path:
             loaded["searches_per_s"] / single["searches_per_s"]
         ),
         "server_exit_code": proc.returncode,
+        "load_avg_1m_at_start": load_at_start,
     }
     if loaded["errors"] or single["errors"]:
         result["server_log_tail"] = log_tail
