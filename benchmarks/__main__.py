@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import sys
 
-from benchmarks import embedding, hybrid, ingestion, query, rerank
+from benchmarks import embedding, hybrid, ingestion, query, rerank, serve
 
 ALL = {
     "embedding": embedding.run,
@@ -13,6 +13,7 @@ ALL = {
     "ingestion": ingestion.run,
     "query": query.run,
     "rerank": rerank.run,
+    "serve": serve.run,
 }
 
 

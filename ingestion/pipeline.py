@@ -148,6 +148,8 @@ class Ingestor:
         cache_dir: where URL images are cached.
         progress: called with (done, total) as items finish.
         text_fields: catalog fields that make each row's search text.
+        allow_private_urls: also fetch image URLs on private, loopback and link-local
+            addresses (off: the SSRF guard of ``rag.core.fetch`` refuses them).
     """
 
     def __init__(
@@ -160,6 +162,7 @@ class Ingestor:
         cache_dir: Path | None = None,
         progress: Progress | None = None,
         text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
+        allow_private_urls: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0, got {batch_size}")
@@ -172,6 +175,7 @@ class Ingestor:
         self.cache_dir = cache_dir or Path("./data/cache/urls")
         self.progress = progress
         self.text_fields = parse_text_fields(text_fields)
+        self.allow_private_urls = allow_private_urls
         self._size = embedding.model.vision_config.image_size
 
     # -- stage 1: where is each image, what is in it ------------------------------------
@@ -183,7 +187,11 @@ class Ingestor:
             raise InputImageError(
                 f"{item.image}: file name is not valid UTF-8; rename the file"
             ) from e
-        local = str(fetch(item.image, self.cache_dir)) if item.is_url else item.image
+        local = (
+            str(fetch(item.image, self.cache_dir, allow_private=self.allow_private_urls))
+            if item.is_url
+            else item.image
+        )
         sha = content_sha256(read_bytes(local))
         return _Fingerprint(item, local, sha, row_id(item.key, sha))
 

@@ -77,6 +77,7 @@ def ingest_items(
             cache_dir=settings.data_dir / "cache" / "urls",
             progress=progress,
             text_fields=fields,
+            allow_private_urls=settings.allow_private_urls,
         ).run(items, prune_sources=sources)
         rows = store.count()
     finally:

@@ -115,7 +115,14 @@ def test_catalog_with_urls_via_loopback_server(
         ]
         catalog.write_text("\n".join(lines) + "\n")
         store = _store(milvus_uri, tiny_embedding)
-        rep = _ingest(store, tiny_embedding, list(catalog_items(catalog)), cache=tmp_path / "cache")
+        items = list(catalog_items(catalog))
+        # The SSRF guard refuses loopback URLs unless the catalog is explicitly trusted.
+        guarded = _ingest(store, tiny_embedding, items, cache=tmp_path / "cache")
+        assert guarded.added == 0 and len(guarded.failed) == 7
+        assert all("is a loopback address" in f["error"] for f in guarded.failed)
+        rep = _ingest(
+            store, tiny_embedding, items, cache=tmp_path / "cache", allow_private_urls=True
+        )
         assert rep.added == 4
         errors = {f["path"].rsplit("/", 1)[-1]: f["error"] for f in rep.failed}
         assert errors["missing.png"] == "HTTP 404"

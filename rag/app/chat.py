@@ -74,15 +74,25 @@ class ChatSession:
         engine: an ``MMSearchQueryEngine`` (``search`` + ``close``).
         out: where answers go.
         grid_dir: where ``/grid`` writes images (a temp dir by default).
+        allow_private_urls: also fetch image URLs on private, loopback and link-local
+            addresses (the SSRF guard's opt-out).
     """
 
-    def __init__(self, engine: Any, out: TextIO, *, grid_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        out: TextIO,
+        *,
+        grid_dir: Path | None = None,
+        allow_private_urls: bool = False,
+    ) -> None:
         from rich.console import Console
 
         self.engine = engine
         self.state = ChatState()
         self.console = Console(file=out, width=110, highlight=False, soft_wrap=False)
         self.grid_dir = grid_dir or Path(tempfile.mkdtemp(prefix="mmsearch-grid-"))
+        self.allow_private_urls = allow_private_urls
         self._skip_shown: str | None = None  # say "rerank skipped: why" once, not every turn
 
     def say(self, text: str) -> None:
@@ -149,7 +159,7 @@ class ChatSession:
         if ref.startswith(("http://", "https://")):
             from rag.core.fetch import fetch
 
-            ref = str(fetch(ref, self.grid_dir / "urls"))
+            ref = str(fetch(ref, self.grid_dir / "urls", allow_private=self.allow_private_urls))
         load_image(ref)  # fail now, with the path, rather than at the next search
         self.state.image = ref
         self.say(f"query image: {ref} (type a request, or /clear to drop it)")
@@ -229,9 +239,16 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_chat(engine: Any, stdin: TextIO, stdout: TextIO, *, prompt: str = "mmsearch> ") -> int:
+def run_chat(
+    engine: Any,
+    stdin: TextIO,
+    stdout: TextIO,
+    *,
+    prompt: str = "mmsearch> ",
+    allow_private_urls: bool = False,
+) -> int:
     """Read turns from ``stdin`` until /quit or EOF; returns the number of turns handled."""
-    session = ChatSession(engine, stdout)
+    session = ChatSession(engine, stdout, allow_private_urls=allow_private_urls)
     session.say("mmsearch chat: type a request, attach an image with /image PATH, /help, /quit")
     turns = 0
     interactive = stdin.isatty() if hasattr(stdin, "isatty") else False

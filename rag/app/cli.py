@@ -266,9 +266,29 @@ def chat(
     with Console(stderr=True).status("loading models..."):
         engine = build_query_engine(s, rerank=False if no_rerank else None)
     try:
-        run_chat(engine, sys.stdin, sys.stdout)
+        run_chat(engine, sys.stdin, sys.stdout, allow_private_urls=s.allow_private_urls)
     finally:
         engine.close()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (others need a key)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+) -> None:
+    """Serve the HTTP API and the search page (models load once; Ctrl-C stops)."""
+    from rag.app.server.config import check_bind
+    from rag.app.server.run import serve as run_server
+
+    s = _settings()
+    check_bind(host, s.api_key)  # before any model loads
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"loading models; then serving http://{shown}:{port} (the search page; API docs at "
+        "/docs). Ctrl-C stops.",
+        err=True,
+    )
+    run_server(s, host=host, port=port)
 
 
 @app.command("eval")

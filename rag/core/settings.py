@@ -91,6 +91,24 @@ class Settings(BaseSettings):
     )
     vlm_api_key: SecretStr | None = Field(default=None, description="API key for vlm_base_url.")
     vlm_timeout_s: float = Field(default=120.0, gt=0, description="Per-call VLM timeout.")
+    # -- fetching image URLs and `mmsearch serve` --------------------------------------
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Fetch image URLs on private, loopback and link-local addresses (SSRF "
+        "guard off; for intranet catalogs).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="`mmsearch serve`: key for /api/ingest, and for all of /api when bound to "
+        "a non-loopback address.",
+    )
+    max_upload_mb: float = Field(
+        default=20.0, gt=0, le=1024, description="`mmsearch serve`: request body cap in MB."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="`mmsearch serve`: comma-separated origins allowed by CORS (empty: off).",
+    )
 
     @field_validator("milvus_uri")
     @classmethod
