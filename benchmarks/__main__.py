@@ -1,17 +1,19 @@
-"""Run the benchmarks: ``python -m benchmarks [embedding|ingestion|query ...]`` (all by default);
-each writes benchmarks/results/<name>.json."""
+"""Run the benchmarks: ``python -m benchmarks [embedding|hybrid|ingestion|query ...]`` (all by
+default); each writes benchmarks/results/<name>.json."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import embedding, ingestion, query, rerank
+from benchmarks import embedding, hybrid, ingestion, query, rerank, serve
 
 ALL = {
     "embedding": embedding.run,
+    "hybrid": hybrid.run,
     "ingestion": ingestion.run,
     "query": query.run,
     "rerank": rerank.run,
+    "serve": serve.run,
 }
 
 

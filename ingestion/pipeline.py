@@ -18,7 +18,7 @@ import hashlib
 import logging
 import time
 from collections import deque
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +29,12 @@ from rag.core.fetch import fetch
 from rag.core.images import content_sha256, load_image, read_bytes
 from rag.embedding.preprocess import preprocess
 from rag.errors import ConfigError, InputImageError, MMSearchError
+from rag.store.schema import DEFAULT_TEXT_FIELDS
+from rag.store.text import catalog_text, parse_text_fields
 
 if TYPE_CHECKING:
+    from llama_index.core.schema import ImageNode
+
     from rag.embedding.multimodal import VisualizedBGEEmbedding
     from rag.store.milvus import CatalogStore
 
@@ -43,6 +47,39 @@ _LOOKUP_CHUNK = 500
 def row_id(key: str, sha: str) -> str:
     """The row id: stable for the same item and content, new when the image changes."""
     return hashlib.sha256(f"{key}\0{sha}".encode()).hexdigest()[:32]
+
+
+def catalog_node(
+    item: CatalogItem,
+    *,
+    local_path: str,
+    sha: str,
+    vector: list[float],
+    text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
+) -> ImageNode:
+    """The one place a catalog row is built (every ingestion path uses it): an ``ImageNode``
+    with the image vector, the item's metadata, and as its text the catalog text of
+    ``text_fields`` (BM25-indexed by the collection; '' for items without text)."""
+    from llama_index.core.schema import ImageNode
+
+    meta: dict[str, Any] = {
+        **item.metadata,
+        "item_key": item.key,
+        "image_path": item.image,
+        "local_path": local_path,
+        "source": item.source,
+        "content_sha256": sha,
+    }
+    return ImageNode(
+        id_=row_id(item.key, sha),
+        text=catalog_text(item.metadata, text_fields),
+        image_path=local_path,
+        image_url=item.image if item.is_url else None,
+        metadata=meta,
+        embedding=vector,
+        excluded_embed_metadata_keys=list(meta),
+        excluded_llm_metadata_keys=["local_path", "content_sha256", "source"],
+    )
 
 
 @dataclass
@@ -110,6 +147,9 @@ class Ingestor:
         workers: threads that read/download/decode ahead of the model.
         cache_dir: where URL images are cached.
         progress: called with (done, total) as items finish.
+        text_fields: catalog fields that make each row's search text.
+        allow_private_urls: also fetch image URLs on private, loopback and link-local
+            addresses (off: the SSRF guard of ``rag.core.fetch`` refuses them).
     """
 
     def __init__(
@@ -121,31 +161,21 @@ class Ingestor:
         workers: int = 2,
         cache_dir: Path | None = None,
         progress: Progress | None = None,
+        text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
+        allow_private_urls: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         if workers < 1:
             raise ConfigError(f"workers must be > 0, got {workers}")
-        from llama_index.core import StorageContext
-        from llama_index.core.indices import MultiModalVectorStoreIndex
-
         self.embedding = embedding
         self.store = store
         self.batch_size = batch_size
         self.workers = workers
         self.cache_dir = cache_dir or Path("./data/cache/urls")
         self.progress = progress
-        # Both the text and the image store are the one collection: Visualized BGE puts text
-        # and images in one space, and a text store that keeps text stops LlamaIndex from
-        # also copying every node into an in-memory docstore. Models are passed explicitly
-        # (LlamaIndex's defaults resolve to OpenAI / CLIP).
-        self.index = MultiModalVectorStoreIndex(
-            nodes=[],
-            storage_context=StorageContext.from_defaults(vector_store=store.vector_store),
-            image_vector_store=store.vector_store,
-            embed_model=embedding,
-            image_embed_model=embedding,
-        )
+        self.text_fields = parse_text_fields(text_fields)
+        self.allow_private_urls = allow_private_urls
         self._size = embedding.model.vision_config.image_size
 
     # -- stage 1: where is each image, what is in it ------------------------------------
@@ -157,7 +187,11 @@ class Ingestor:
             raise InputImageError(
                 f"{item.image}: file name is not valid UTF-8; rename the file"
             ) from e
-        local = str(fetch(item.image, self.cache_dir)) if item.is_url else item.image
+        local = (
+            str(fetch(item.image, self.cache_dir, allow_private=self.allow_private_urls))
+            if item.is_url
+            else item.image
+        )
         sha = content_sha256(read_bytes(local))
         return _Fingerprint(item, local, sha, row_id(item.key, sha))
 
@@ -298,31 +332,20 @@ class Ingestor:
         stale: dict[str, list[str]],
         report: IngestReport,
     ) -> None:
-        from llama_index.core.schema import ImageNode
-
-        nodes = []
-        for fp, vec in zip(prints, vectors, strict=True):
-            item = fp.item
-            meta: dict[str, Any] = {
-                **item.metadata,
-                "item_key": item.key,
-                "image_path": item.image,
-                "local_path": fp.local_path,
-                "source": item.source,
-                "content_sha256": fp.sha,
-            }
-            nodes.append(
-                ImageNode(
-                    id_=fp.id,
-                    image_path=fp.local_path,
-                    image_url=item.image if item.is_url else None,
-                    metadata=meta,
-                    embedding=vec,
-                    excluded_embed_metadata_keys=list(meta),
-                    excluded_llm_metadata_keys=["local_path", "content_sha256", "source"],
-                )
+        nodes = [
+            catalog_node(
+                fp.item,
+                local_path=fp.local_path,
+                sha=fp.sha,
+                vector=vec,
+                text_fields=self.text_fields,
             )
-        self.index.insert_nodes(nodes)
+            for fp, vec in zip(prints, vectors, strict=True)
+        ]
+        # Pre-embedded nodes go straight to the LlamaIndex vector store: a
+        # MultiModalVectorStoreIndex would write every node that has text twice (once to its
+        # text store, once to its image store; here both are this collection).
+        self.store.vector_store.add(nodes)
         report.embedded += len(nodes)
         for fp in prints:
             old = stale.pop(fp.item.key, None)

@@ -3,6 +3,7 @@ other front ends share (list items -> load the model -> open the store -> run ->
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
@@ -14,6 +15,8 @@ if TYPE_CHECKING:
     from rag.core.settings import Settings
     from rag.embedding.multimodal import VisualizedBGEEmbedding
     from rag.store.milvus import CatalogStore
+
+logger = logging.getLogger(__name__)
 
 
 @dataclass
@@ -38,6 +41,7 @@ def ingest_items(
     progress: Progress | None = None,
     embedding: VisualizedBGEEmbedding | None = None,
     store: CatalogStore | None = None,
+    text_fields: Sequence[str] | None = None,
 ) -> IngestResult:
     """Index ``items`` into the configured collection.
 
@@ -48,6 +52,8 @@ def ingest_items(
         prune: also drop rows of the same sources whose item is gone.
         progress: called with (done, total).
         embedding, store: ready components; a store passed in stays open.
+        text_fields: catalog fields that make the search text (``None``: the collection's
+            recorded fields, title + description for a new one).
     """
     from rag.factory import build_embedding, open_store
 
@@ -56,6 +62,13 @@ def ingest_items(
     own_store = store is None
     store = store or open_store(settings, embedding)
     try:
+        fields = store.use_text_fields(text_fields)
+        if not store.has_text_index:
+            logger.warning(
+                "collection %r has no text index: keyword and hybrid search need "
+                "`mmsearch reindex` (adds it from the stored metadata, no re-embedding)",
+                store.collection,
+            )
         report = Ingestor(
             embedding=embedding,
             store=store,
@@ -63,6 +76,8 @@ def ingest_items(
             workers=workers,
             cache_dir=settings.data_dir / "cache" / "urls",
             progress=progress,
+            text_fields=fields,
+            allow_private_urls=settings.allow_private_urls,
         ).run(items, prune_sources=sources)
         rows = store.count()
     finally:

@@ -1,6 +1,6 @@
 """Every exception the product raises on purpose: one base class whose message is for the user.
 
-The CLI, the chat loop and (later) the HTTP server print ``str(err)`` as one line; nothing here
+The CLI, the chat loop and the HTTP server print ``str(err)`` as one line; nothing here
 carries a traceback to the user.
 """
 
@@ -40,6 +40,22 @@ class ModelLoadError(MMSearchError):
 
 class InputImageError(MMSearchError):
     """An image given by the user cannot be read."""
+
+
+class URLNotAllowedError(InputImageError):
+    """A URL points at an address the fetcher refuses (private, loopback, link-local: SSRF)."""
+
+
+class PayloadTooLargeError(MMSearchError):
+    """A request body or upload is over the server's size cap."""
+
+
+class AuthError(MMSearchError):
+    """A request lacks the API key, or carries a wrong one."""
+
+
+class NotFoundError(MMSearchError):
+    """A row, image or job asked for by id does not exist."""
 
 
 class EmptyQueryError(MMSearchError):

@@ -53,6 +53,18 @@ def open_store(
     )
 
 
+def configure_hybrid(vector_store: Any, settings: Settings) -> None:
+    """Set the hybrid fusion of ``settings`` on our vector store (other stores keep theirs)."""
+    setter = getattr(vector_store, "set_hybrid_ranker", None)
+    if setter is None:
+        return
+    if settings.hybrid_ranker == "weighted":
+        alpha = settings.hybrid_alpha
+        setter("WeightedRanker", {"weights": [alpha, 1.0 - alpha]})
+    else:
+        setter("RRFRanker", {"k": settings.hybrid_rrf_k})
+
+
 def vlm_problem(settings: Settings) -> str | None:
     """Why the configured VLM cannot be used at all (rerank is then skipped), or None."""
     s = settings
@@ -148,8 +160,12 @@ def build_query_engine(
             reranker = build_reranker(s)
         except ConfigError as e:
             detail = str(e)
+    configure_hybrid(store.vector_store, s)
     retriever = ComposedRetriever(
-        embedding=embedding, vector_store=store.vector_store, top_k=s.top_k
+        embedding=embedding,
+        vector_store=store.vector_store,
+        top_k=s.top_k,
+        hybrid_candidates=s.hybrid_candidates,
     )
     return MMSearchQueryEngine(
         retriever=retriever,

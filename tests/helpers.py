@@ -73,3 +73,47 @@ def lite_lock_held(uri: str) -> Iterator[None]:
     finally:
         holder.kill()
         holder.wait()
+
+
+_NOUNS = ("case", "shoe", "lamp", "mug", "backpack", "watch")
+_COLORS = ("red", "blue", "green", "black", "white")
+
+
+def brand_words(n: int, seed: int = 7) -> list[str]:
+    """``n`` distinct made-up words ("zorblat"): text only BM25 can match, never a model."""
+    rng = np.random.RandomState(seed)
+    words: list[str] = []
+    while len(words) < n:
+        w = "".join(rng.choice(list("bdfgklmnprstvz")) + rng.choice(list("aeiou")) for _ in "abc")
+        if w not in words:
+            words.append(w)
+    return words
+
+
+def write_titled_catalog(root: Path, n: int, *, start: int = 0) -> tuple[Path, list[dict]]:
+    """A JSONL catalog of ``n`` generated images whose titles carry what the images do not: a
+    unique brand and model code per item (plus a shared color and noun). Returns the catalog
+    path and its rows (``query`` = the item's unique title words)."""
+    import json
+
+    paths = write_images(root / "imgs", n, start=start)
+    brands = brand_words(start + n)[start:]
+    rows = []
+    for i, (p, brand) in enumerate(zip(paths, brands, strict=True), start=start):
+        color, noun, model = _COLORS[i % 5], _NOUNS[i % 6], f"x{i * 37 % 1000:03d}"
+        rows.append(
+            {
+                "id": f"sku-{i}",
+                "image": str(p),
+                "title": f"{brand.title()} {model.upper()} {color} {noun}",
+                "description": f"A {color} {noun} with a matte finish.",
+                "category": ("cases", "shoes", "lamps")[i % 3],
+                "price": float(5 + i),
+                "query": f"{brand} {model}",
+            }
+        )
+    cat = root / "catalog.jsonl"
+    cat.write_text(
+        "".join(json.dumps({k: v for k, v in r.items() if k != "query"}) + "\n" for r in rows)
+    )
+    return cat, rows

@@ -94,7 +94,8 @@ def test_stored_metadata_and_search(
     assert row["title"] == "Leopard case" and row["category"] == "Cell_Phones"
     assert row["price"] == 12.5 and row["brand"] == "Acme"
     assert row["image_path"] == str((folder / "img_000.png").resolve())
-    assert row["text"] == ""  # image nodes carry no text (no double embedding)
+    # the catalog text is the node's text (BM25-indexed); written once, embedded never
+    assert row["text"] == "Leopard case"
 
 
 def test_catalog_with_urls_via_loopback_server(
@@ -114,7 +115,14 @@ def test_catalog_with_urls_via_loopback_server(
         ]
         catalog.write_text("\n".join(lines) + "\n")
         store = _store(milvus_uri, tiny_embedding)
-        rep = _ingest(store, tiny_embedding, list(catalog_items(catalog)), cache=tmp_path / "cache")
+        items = list(catalog_items(catalog))
+        # The SSRF guard refuses loopback URLs unless the catalog is explicitly trusted.
+        guarded = _ingest(store, tiny_embedding, items, cache=tmp_path / "cache")
+        assert guarded.added == 0 and len(guarded.failed) == 7
+        assert all("is a loopback address" in f["error"] for f in guarded.failed)
+        rep = _ingest(
+            store, tiny_embedding, items, cache=tmp_path / "cache", allow_private_urls=True
+        )
         assert rep.added == 4
         errors = {f["path"].rsplit("/", 1)[-1]: f["error"] for f in rep.failed}
         assert errors["missing.png"] == "HTTP 404"

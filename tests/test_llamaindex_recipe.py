@@ -112,3 +112,48 @@ def test_the_trap_directory_reader_without_readers_file(tmp_path: Path) -> None:
     write_images(tmp_path / "photos", 2)
     docs = SimpleDirectoryReader(str(tmp_path / "photos")).load_data()
     assert docs and not any(isinstance(d, ImageDocument) for d in docs)
+
+
+def test_stock_text_search_fails_on_lite_and_stock_hybrid_matches_ours(
+    catalog, tiny_embedding
+) -> None:
+    """Why our adapter serves keyword search: upstream's TEXT_SEARCH hard-codes
+    drop_ratio_search=0.2, which Milvus Lite 3.2 rejects. Its HYBRID works on our collection
+    (same field names) and fuses exactly as our adapter does with the same depths. When this
+    test fails on an upgrade, upstream's text search may have become usable."""
+    from llama_index.core.vector_stores import VectorStoreQuery
+    from llama_index.core.vector_stores.types import VectorStoreQueryMode
+    from llama_index.vector_stores.milvus.utils import BM25BuiltInFunction
+
+    store, _, _ = catalog
+    stock = MilvusVectorStore(
+        uri=store.uri,
+        collection_name=store.collection,
+        dim=tiny_embedding.dim,
+        embedding_field="embedding",
+        text_key="text",
+        similarity_metric="IP",
+        overwrite=False,
+        index_management=IndexManagement.NO_VALIDATION,
+        use_async_client=False,
+        enable_sparse=True,
+        sparse_embedding_field="sparse_embedding",
+        sparse_embedding_function=BM25BuiltInFunction(
+            input_field_names="text", output_field_names="sparse_embedding"
+        ),
+    )
+    with pytest.raises(Exception, match="drop_ratio_search"):
+        stock.query(
+            VectorStoreQuery(
+                query_str="Product 5", similarity_top_k=3, mode=VectorStoreQueryMode.TEXT_SEARCH
+            )
+        )
+    query = VectorStoreQuery(
+        query_str="Product 5",
+        query_embedding=tiny_embedding.get_query_embedding("Product 5"),
+        similarity_top_k=5,
+        mode=VectorStoreQueryMode.HYBRID,
+    )
+    theirs, ours = stock.query(query), store.vector_store.query(query)
+    assert theirs.ids and theirs.ids == ours.ids
+    assert theirs.similarities == pytest.approx(ours.similarities)

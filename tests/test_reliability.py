@@ -64,15 +64,16 @@ def hostile(tmp_path: Path):
 
 def test_url_limits(hostile: str, tmp_path: Path) -> None:
     cache = tmp_path / "cache"
+    trusted = {"allow_private": True}  # the hostile server is on loopback
     with pytest.raises(InputImageError, match="too large"):
-        fetch(f"{hostile}/big", cache, max_bytes=100_000)
-    with pytest.raises(InputImageError):
-        fetch(f"{hostile}/file-redirect", cache)
+        fetch(f"{hostile}/big", cache, max_bytes=100_000, **trusted)
+    with pytest.raises(InputImageError, match="non-http"):
+        fetch(f"{hostile}/file-redirect", cache, **trusted)
     with pytest.raises(InputImageError, match="timed out"):
-        fetch(f"{hostile}/slow", cache, timeout_s=0.5, retries=0)
+        fetch(f"{hostile}/slow", cache, timeout_s=0.5, retries=0, **trusted)
     with pytest.raises(InputImageError, match="only http"):
         fetch("file:///etc/passwd", cache)
-    assert fetch(f"{hostile}/flaky", cache, retries=2).read_bytes() == _Hostile.png  # retried
+    assert fetch(f"{hostile}/flaky", cache, retries=2, **trusted).read_bytes() == _Hostile.png
     assert not [p for p in cache.iterdir() if p.name.startswith(".part-")]  # no half files
 
 

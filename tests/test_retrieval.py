@@ -237,12 +237,16 @@ def test_results_table_fits_a_terminal(
 
 
 def test_search_mode_is_validated_and_reported(catalog, tiny_embedding) -> None:
-    store, _, _ = catalog
+    store, folder, _ = catalog
     engine = _engine(store, tiny_embedding)
-    assert engine.search(text="red", top_k=2).query["mode"] == "dense"
+    # the catalog has titles: text-only queries default to hybrid, image queries to dense;
+    # the JSON reports the mode that ran
+    assert engine.search(text="red", top_k=2).query["mode"] == "hybrid"
+    assert engine.search(image=folder / "img_001.png", top_k=2).query["mode"] == "dense"
+    assert engine.search(text="x", image=folder / "img_001.png", top_k=2).query["mode"] == "dense"
     assert engine.search(text="red", top_k=2, mode="dense").query["mode"] == "dense"
+    assert engine.search(text="red", top_k=2, mode="keyword").query["mode"] == "keyword"
     with pytest.raises(ConfigError, match="search mode must be one of dense, keyword, hybrid"):
         engine.search(text="red", mode="fuzzy")
-    # a collection without a text index: keyword / hybrid is a one-line error naming the fix
-    with pytest.raises(ConfigError, match="needs a text index"):
-        engine.search(text="red", mode="keyword")
+    with pytest.raises(ConfigError, match="give a query text too"):
+        engine.search(image=folder / "img_001.png", mode="keyword")

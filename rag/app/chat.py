@@ -5,6 +5,7 @@ Turn syntax:
   /image PATH  (or a path / URL typed alone on a line)   attach a query image for the next turns
   like #3 but in red        use result 3's image as the query image, with the new text
   /rerank on|off  /k N  /filter key=value ... | /filter clear  /grid [OUT.png]  /open N
+  /mode dense|keyword|hybrid|auto   how to search (auto: hybrid for text on a catalog with text)
   /clear (drop the attached image)  /help  /quit (also exit, Ctrl-D, Ctrl-C)
 
 The loop takes input/output streams so tests can drive it; a bad turn prints one line and the
@@ -41,6 +42,7 @@ class ChatState:
     top_k: int | None = None
     rerank: bool | None = None
     filters: list[str] = field(default_factory=list)
+    mode: str | None = None  # None: the engine's default for each query
     last: Any = None  # the last SearchResult
 
 
@@ -72,15 +74,25 @@ class ChatSession:
         engine: an ``MMSearchQueryEngine`` (``search`` + ``close``).
         out: where answers go.
         grid_dir: where ``/grid`` writes images (a temp dir by default).
+        allow_private_urls: also fetch image URLs on private, loopback and link-local
+            addresses (the SSRF guard's opt-out).
     """
 
-    def __init__(self, engine: Any, out: TextIO, *, grid_dir: Path | None = None) -> None:
+    def __init__(
+        self,
+        engine: Any,
+        out: TextIO,
+        *,
+        grid_dir: Path | None = None,
+        allow_private_urls: bool = False,
+    ) -> None:
         from rich.console import Console
 
         self.engine = engine
         self.state = ChatState()
         self.console = Console(file=out, width=110, highlight=False, soft_wrap=False)
         self.grid_dir = grid_dir or Path(tempfile.mkdtemp(prefix="mmsearch-grid-"))
+        self.allow_private_urls = allow_private_urls
         self._skip_shown: str | None = None  # say "rerank skipped: why" once, not every turn
 
     def say(self, text: str) -> None:
@@ -132,6 +144,8 @@ class ChatSession:
             self.say(f"top-k {args[0]}")
         elif cmd == "/filter":
             self._filter(args)
+        elif cmd == "/mode":
+            self._mode(args)
         elif cmd == "/grid":
             self._grid(args[0] if args else None)
         elif cmd == "/open":
@@ -145,7 +159,7 @@ class ChatSession:
         if ref.startswith(("http://", "https://")):
             from rag.core.fetch import fetch
 
-            ref = str(fetch(ref, self.grid_dir / "urls"))
+            ref = str(fetch(ref, self.grid_dir / "urls", allow_private=self.allow_private_urls))
         load_image(ref)  # fail now, with the path, rather than at the next search
         self.state.image = ref
         self.say(f"query image: {ref} (type a request, or /clear to drop it)")
@@ -160,6 +174,20 @@ class ChatSession:
         parse_filters(args)  # validate
         self.state.filters = args
         self.say("filters: " + " and ".join(args))
+
+    def _mode(self, args: list[str]) -> None:
+        from rag.core.query import SEARCH_MODES
+
+        if not args:
+            last = self.state.last.query.get("mode") if self.state.last is not None else None
+            self.say(
+                f"mode {self.state.mode or 'auto'}" + (f" (last search: {last})" if last else "")
+            )
+            return
+        if len(args) != 1 or args[0] not in (*SEARCH_MODES, "auto"):
+            raise MMSearchError("usage: /mode dense|keyword|hybrid|auto")
+        self.state.mode = None if args[0] == "auto" else args[0]
+        self.say(f"mode {args[0]}")
 
     def _grid(self, out: str | None) -> None:
         from rag.app.display import save_result_grid
@@ -194,6 +222,7 @@ class ChatSession:
                 top_k=self.state.top_k,
                 filters=self.state.filters or None,
                 rerank=self.state.rerank,
+                mode=self.state.mode,
             )
         self.state.last = result
         if image:
@@ -210,9 +239,16 @@ def _has_display() -> bool:
     return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
 
 
-def run_chat(engine: Any, stdin: TextIO, stdout: TextIO, *, prompt: str = "mmsearch> ") -> int:
+def run_chat(
+    engine: Any,
+    stdin: TextIO,
+    stdout: TextIO,
+    *,
+    prompt: str = "mmsearch> ",
+    allow_private_urls: bool = False,
+) -> int:
     """Read turns from ``stdin`` until /quit or EOF; returns the number of turns handled."""
-    session = ChatSession(engine, stdout)
+    session = ChatSession(engine, stdout, allow_private_urls=allow_private_urls)
     session.say("mmsearch chat: type a request, attach an image with /image PATH, /help, /quit")
     turns = 0
     interactive = stdin.isatty() if hasattr(stdin, "isatty") else False

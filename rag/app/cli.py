@@ -75,6 +75,8 @@ def stats(
         return
     for key in ("collection", "uri", "rows", "dim", "model", "index_type", "metric"):
         typer.echo(f"{key:<11} {info[key]}")
+    text = ",".join(info["text_fields"]) if info["text_index"] else "none (mmsearch reindex)"
+    typer.echo(f"{'text_index':<11} {text}")
 
 
 def _progress_bar(label: str) -> Any:
@@ -126,15 +128,28 @@ def ingest(
     prune: bool = typer.Option(False, "--prune", help="Remove rows whose source file vanished."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any item failed."),
+    text_fields: str | None = typer.Option(
+        None,
+        "--text-fields",
+        help="Catalog fields searched as text (BM25), comma-separated "
+        "(default: the collection's, title,description for a new one).",
+    ),
 ) -> None:
     """Index images: embed them with Visualized BGE and store them in Milvus (idempotent)."""
     from ingestion.service import ingest_items, list_items
+    from rag.store.text import parse_text_fields
 
     s = _settings(embed_batch_size=batch_size)
+    fields = parse_text_fields(text_fields) if text_fields is not None else None
     items = list_items(paths)  # bad paths fail before the model loads
     with _progress_bar("ingest") as bar:
         done = ingest_items(
-            s, items, workers=workers, prune=prune, progress=_ingest_progress(bar, "ingest")
+            s,
+            items,
+            workers=workers,
+            prune=prune,
+            progress=_ingest_progress(bar, "ingest"),
+            text_fields=fields,
         )
     data = done.report.to_dict()
     if as_json:
@@ -163,25 +178,35 @@ def search(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
     as_json: bool = typer.Option(False, "--json", help="Print results as JSON."),
     grid: str | None = typer.Option(None, "--grid", help="Save results as one image (PNG)."),
+    mode: str | None = typer.Option(
+        None,
+        "--mode",
+        help="dense (embeddings), keyword (BM25 on catalog text) or hybrid (both fused); "
+        "default: hybrid for text-only queries on a catalog with text, else dense.",
+    ),
 ) -> None:
     """Search the catalog with text, an image, or an image plus an instruction."""
     from rich.console import Console
 
     from rag.app.display import print_results, save_result_grid
     from rag.core.images import decode_image
+    from rag.core.query import check_mode
     from rag.errors import EmptyQueryError
     from rag.factory import build_query_engine
     from rag.retrieval.filters import parse_filters
 
     if not (text and text.strip()) and not image:
         raise EmptyQueryError("empty query: give a TEXT, an --image PATH, or both")
+    search_mode = check_mode(mode)
     parsed = parse_filters(filters)
     # Decoded once, here: a bad query image fails before any model loads.
     query_image = decode_image(image) if image else None
     s = _settings()
     engine = build_query_engine(s, rerank=False if no_rerank else None)
     try:
-        result = engine.search(text=text, image=query_image, top_k=top_k, filters=parsed)
+        result = engine.search(
+            text=text, image=query_image, top_k=top_k, filters=parsed, mode=search_mode
+        )
     finally:
         engine.close()
     grid_path = save_result_grid(result, grid) if grid else None
@@ -198,6 +223,42 @@ def search(
 
 
 @app.command()
+def reindex(
+    text_fields: str | None = typer.Option(
+        None,
+        "--text-fields",
+        help="Catalog fields searched as text, comma-separated (default: the collection's, "
+        "title,description for a collection without a text index).",
+    ),
+    as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
+) -> None:
+    """Build the text index (BM25 on catalog text) from the stored metadata; no re-embedding."""
+    from rag.store.milvus import CatalogStore
+    from rag.store.reindex import reindex as run_reindex
+    from rag.store.text import parse_text_fields
+
+    s = _settings()
+    fields = parse_text_fields(text_fields) if text_fields is not None else None
+    store = CatalogStore(
+        uri=s.milvus_uri, token=s.milvus_token_value, collection=s.collection, create=False
+    )
+    try:
+        with _progress_bar("reindex") as bar:
+            report = run_reindex(store, fields, progress=_ingest_progress(bar, "reindex"))
+    finally:
+        store.close()
+    data = report.to_dict()
+    if as_json:
+        _echo_json(data)
+        return
+    how = "text index added" if data["rebuilt"] else "text rebuilt"
+    typer.echo(
+        f"{how}: {data['rows']} rows of {data['collection']!r} ({data['with_text']} with text "
+        f"from {','.join(data['text_fields'])}) in {data['seconds']:.1f}s"
+    )
+
+
+@app.command()
 def chat(
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Keep retrieval order."),
 ) -> None:
@@ -211,9 +272,29 @@ def chat(
     with Console(stderr=True).status("loading models..."):
         engine = build_query_engine(s, rerank=False if no_rerank else None)
     try:
-        run_chat(engine, sys.stdin, sys.stdout)
+        run_chat(engine, sys.stdin, sys.stdout, allow_private_urls=s.allow_private_urls)
     finally:
         engine.close()
+
+
+@app.command()
+def serve(
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind (others need a key)."),
+    port: int = typer.Option(8000, "--port", min=1, max=65535, help="TCP port."),
+) -> None:
+    """Serve the HTTP API and the search page (models load once; Ctrl-C stops)."""
+    from rag.app.server.config import check_bind
+    from rag.app.server.run import serve as run_server
+
+    s = _settings()
+    check_bind(host, s.api_key)  # before any model loads
+    shown = f"[{host}]" if ":" in host else host
+    typer.echo(
+        f"loading models; then serving http://{shown}:{port} (the search page; API docs at "
+        "/docs). Ctrl-C stops.",
+        err=True,
+    )
+    run_server(s, host=host, port=port)
 
 
 @app.command("eval")

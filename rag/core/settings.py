@@ -52,6 +52,20 @@ class Settings(BaseSettings):
     dtype: DTypeName = Field(default="auto", description="auto = bf16/fp16 on GPU, fp32 on CPU.")
     embed_batch_size: int = Field(default=16, ge=1, description="Images per embedding batch.")
     top_k: int = Field(default=9, ge=1, le=1000, description="Candidates retrieved per query.")
+    hybrid_ranker: Literal["rrf", "weighted"] = Field(
+        default="rrf",
+        description="Hybrid search fusion: rrf (reciprocal rank fusion) or weighted scores.",
+    )
+    hybrid_rrf_k: int = Field(default=60, ge=1, description="RRF constant k (rrf ranker).")
+    hybrid_alpha: float = Field(
+        default=0.5,
+        ge=0.0,
+        le=1.0,
+        description="Weighted ranker: weight of the dense search; BM25 gets 1 - alpha.",
+    )
+    hybrid_candidates: int = Field(
+        default=50, ge=1, le=1000, description="Depth of each hybrid search leg before fusion."
+    )
     rerank: bool = Field(default=True, description="Rerank retrieved candidates with the VLM.")
     rerank_strategy: Literal["listwise", "first-token"] = Field(
         default="listwise",
@@ -77,6 +91,24 @@ class Settings(BaseSettings):
     )
     vlm_api_key: SecretStr | None = Field(default=None, description="API key for vlm_base_url.")
     vlm_timeout_s: float = Field(default=120.0, gt=0, description="Per-call VLM timeout.")
+    # -- fetching image URLs and `mmsearch serve` --------------------------------------
+    allow_private_urls: bool = Field(
+        default=False,
+        description="Fetch image URLs on private, loopback and link-local addresses (SSRF "
+        "guard off; for intranet catalogs).",
+    )
+    api_key: SecretStr | None = Field(
+        default=None,
+        description="`mmsearch serve`: key for /api/ingest, and for all of /api when bound to "
+        "a non-loopback address.",
+    )
+    max_upload_mb: float = Field(
+        default=20.0, gt=0, le=1024, description="`mmsearch serve`: request body cap in MB."
+    )
+    cors_origins: str = Field(
+        default="",
+        description="`mmsearch serve`: comma-separated origins allowed by CORS (empty: off).",
+    )
 
     @field_validator("milvus_uri")
     @classmethod
@@ -86,7 +118,13 @@ class Settings(BaseSettings):
         return v.strip()
 
     @field_validator(
-        "device", "dtype", "vlm_backend", "index_type", "rerank_strategy", mode="before"
+        "device",
+        "dtype",
+        "vlm_backend",
+        "index_type",
+        "rerank_strategy",
+        "hybrid_ranker",
+        mode="before",
     )
     @classmethod
     def _normalise_case(cls, v: object) -> object:

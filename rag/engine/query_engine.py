@@ -143,10 +143,12 @@ class MMSearchQueryEngine(BaseQueryEngine):
         """Search for one query bundle (the image decoded once if it is not yet).
 
         ``mode``: ``dense`` (embeddings), ``keyword`` (BM25 on catalog text) or ``hybrid``
-        (both, fused); ``None`` picks the default for the query.
+        (both, fused); ``None`` picks the default for the query: ``hybrid`` for a text-only
+        query when the collection holds text, else ``dense``. The result's ``query["mode"]``
+        is the mode that ran.
         """
         kind = query_kind(bundle)
-        mode = check_mode(mode) or "dense"
+        mode = self.retriever.resolve_mode(kind, check_mode(mode))
         t0 = time.perf_counter()
         if not isinstance(bundle, ImageQueryBundle):
             bundle = ImageQueryBundle(

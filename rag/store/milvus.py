@@ -14,18 +14,28 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from rag.errors import StoreError, StoreLockedError, StoreMismatchError
+from rag.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
 from rag.store.expr import quote
 from rag.store.schema import (
+    BM25_FUNCTION,
+    DEFAULT_TEXT_FIELDS,
     DOC_ID_FIELD,
     EMBEDDING_FIELD,
     ID_FIELD,
     ID_MAX_LEN,
     PROP_DIM,
+    PROP_HAS_TEXT,
     PROP_MODEL,
+    PROP_TEXT_FIELDS,
+    REINDEX_NEW_SUFFIX,
+    REINDEX_OLD_SUFFIX,
     SCALAR_FIELDS,
+    SPARSE_FIELD,
+    TEXT_ANALYZER,
     TEXT_FIELD,
+    TEXT_MAX_BYTES,
 )
+from rag.store.text import parse_text_fields
 
 if TYPE_CHECKING:
     from pymilvus import MilvusClient
@@ -50,6 +60,8 @@ class CollectionInfo:
     model: str | None
     index_type: str | None
     metric: str | None
+    text_index: bool = False
+    text_fields: list[str] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -155,6 +167,9 @@ class CatalogStore:
         model_id: embedding model id recorded with (and checked against) the collection.
         index_type: ``FLAT`` (exact) or ``HNSW`` for new collections.
         create: create the collection when it does not exist.
+        text_index: give a new collection the BM25 text index (catalog text -> sparse vector
+            by Milvus' built-in function); keyword and hybrid search need it.
+        text_fields: catalog fields a new collection builds its search text from.
     """
 
     def __init__(
@@ -170,6 +185,8 @@ class CatalogStore:
         hnsw_ef_construction: int = 200,
         create: bool = True,
         client: MilvusClient | None = None,
+        text_index: bool = True,
+        text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
     ) -> None:
         if not collection or not collection.replace("_", "").isalnum():
             raise StoreError(
@@ -186,11 +203,17 @@ class CatalogStore:
         self._hnsw = {"M": hnsw_m, "efConstruction": hnsw_ef_construction}
         self._client = client or connect(uri, token)
         self._vector_store: CatalogVectorStore | None = None
+        self._desc: dict[str, Any] = {}
         try:
-            exists = self._client.has_collection(collection)
+            names = self._client.list_collections()
         except Exception as e:
             raise StoreError(f"cannot list collections at {uri!r}: {short_error(e)}") from e
-        if exists:
+        if _reindex_leftovers(collection, names):
+            from rag.store.reindex import recover_interrupted_reindex
+
+            recover_interrupted_reindex(self._client, collection)
+            names = self._client.list_collections()
+        if collection in names:
             self._check_compatible(dim, model_id)
             self._ensure_loaded()
         elif not create or dim is None or model_id is None:
@@ -199,38 +222,74 @@ class CatalogStore:
                 "(mmsearch ingest PATH)"
             )
         else:
-            self._create(dim, model_id)
+            self._create(dim, model_id, text_index, parse_text_fields(text_fields))
 
     # -- creation and checks -------------------------------------------------------------
-    def _create(self, dim: int, model_id: str) -> None:
-        from pymilvus import DataType
+    def _schema(self, dim: int, text_index: bool) -> Any:
+        from pymilvus import DataType, Function, FunctionType
 
-        c = self._client
-        schema = c.create_schema(auto_id=False, enable_dynamic_field=True)
+        schema = self._client.create_schema(auto_id=False, enable_dynamic_field=True)
         schema.add_field(ID_FIELD, DataType.VARCHAR, max_length=ID_MAX_LEN, is_primary=True)
         schema.add_field(DOC_ID_FIELD, DataType.VARCHAR, max_length=512, nullable=True)
-        schema.add_field(TEXT_FIELD, DataType.VARCHAR, max_length=65_535, nullable=True)
+        analyzed = {"enable_analyzer": True, "analyzer_params": TEXT_ANALYZER} if text_index else {}
+        schema.add_field(
+            TEXT_FIELD, DataType.VARCHAR, max_length=TEXT_MAX_BYTES, nullable=True, **analyzed
+        )
         for name, kind, max_len in SCALAR_FIELDS:
             if kind == "VARCHAR":
                 schema.add_field(name, DataType.VARCHAR, max_length=max_len, nullable=True)
             else:
                 schema.add_field(name, DataType.DOUBLE, nullable=True)
         schema.add_field(EMBEDDING_FIELD, DataType.FLOAT_VECTOR, dim=dim)
+        if text_index:
+            # The schema is fixed at creation (Milvus Lite cannot add a field or a function
+            # later), so every new collection gets the text index, whether or not its first
+            # catalog has text; rows without text are indexed all the same.
+            schema.add_field(SPARSE_FIELD, DataType.SPARSE_FLOAT_VECTOR)
+            schema.add_function(
+                Function(
+                    name=BM25_FUNCTION,
+                    function_type=FunctionType.BM25,
+                    input_field_names=[TEXT_FIELD],
+                    output_field_names=[SPARSE_FIELD],
+                )
+            )
+        return schema
+
+    def _create(
+        self, dim: int, model_id: str, text_index: bool, text_fields: tuple[str, ...]
+    ) -> None:
+        c = self._client
+        schema = self._schema(dim, text_index)
         properties = {PROP_MODEL: model_id, PROP_DIM: str(dim)}
+        if text_index:
+            properties[PROP_TEXT_FIELDS] = ",".join(text_fields)
         try:
-            self._create_collection(schema, properties, scalar_indexes=True)
-        except Exception:
-            # Some deployments reject scalar INVERTED indexes; the vector index is what matters.
-            if c.has_collection(self.collection):
-                raise
-            self._create_collection(schema, properties, scalar_indexes=False)
+            try:
+                self._create_collection(schema, properties, scalar_indexes=True)
+            except Exception:
+                # Some deployments reject scalar INVERTED indexes; the vector index matters.
+                if c.has_collection(self.collection):
+                    raise
+                self._create_collection(schema, properties, scalar_indexes=False)
+        except Exception as e:
+            hint = " (BM25 text search needs Milvus 2.5 or newer)" if text_index else ""
+            raise StoreError(
+                f"cannot create collection {self.collection!r} at {self.uri!r}: "
+                f"{short_error(e)}{hint}"
+            ) from e
         props = self._describe().get("properties", {})
         if PROP_MODEL not in props:
             # Older servers ignore properties at creation time.
             c.alter_collection_properties(self.collection, properties=properties)
+            self._desc = {}
         self._ensure_loaded()
         logger.info(
-            "created collection %s (dim %d, %s, IP)", self.collection, dim, self._index_type
+            "created collection %s (dim %d, %s, IP%s)",
+            self.collection,
+            dim,
+            self._index_type,
+            ", BM25 text index" if text_index else "",
         )
 
     def _create_collection(
@@ -244,6 +303,13 @@ class CatalogStore:
             metric_type="IP",
             params=self._hnsw if self._index_type == "HNSW" else {},
         )
+        if any(f.name == SPARSE_FIELD for f in schema.fields):
+            index_params.add_index(
+                field_name=SPARSE_FIELD,
+                index_name=SPARSE_FIELD,
+                index_type="SPARSE_INVERTED_INDEX",
+                metric_type="BM25",
+            )
         if scalar_indexes:
             for name in ("item_key", "source"):
                 index_params.add_index(field_name=name, index_type="INVERTED", index_name=name)
@@ -256,12 +322,16 @@ class CatalogStore:
         )
 
     def _describe(self) -> dict[str, Any]:
+        """The collection's description (cached; our own property changes reset it)."""
+        if self._desc:
+            return self._desc
         try:
-            return dict(self._client.describe_collection(self.collection))
+            self._desc = dict(self._client.describe_collection(self.collection))
         except Exception as e:
             raise StoreError(
                 f"cannot describe collection {self.collection!r} at {self.uri!r}: {short_error(e)}"
             ) from e
+        return self._desc
 
     def _check_compatible(self, dim: int | None, model_id: str | None) -> None:
         stored_model, stored_dim = self.model_and_dim()
@@ -289,6 +359,60 @@ class CatalogStore:
                 dim = int(field.get("params", {}).get("dim"))
         return props.get(PROP_MODEL), dim
 
+    # -- the text index -----------------------------------------------------------------
+    @property
+    def has_text_index(self) -> bool:
+        """Whether the collection has the BM25 text index (keyword and hybrid search)."""
+        return any(
+            SPARSE_FIELD in (f.get("output_field_names") or [])
+            for f in self._describe().get("functions", []) or []
+        )
+
+    @property
+    def text_fields(self) -> tuple[str, ...]:
+        """The catalog fields this collection builds its search text from."""
+        recorded = (self._describe().get("properties", {}) or {}).get(PROP_TEXT_FIELDS)
+        return parse_text_fields(recorded) if recorded else DEFAULT_TEXT_FIELDS
+
+    def set_properties(self, properties: dict[str, str]) -> None:
+        """Record mmsearch properties on the collection."""
+        try:
+            self._client.alter_collection_properties(self.collection, properties=properties)
+        except Exception as e:
+            raise StoreError(
+                f"cannot set properties of collection {self.collection!r}: {short_error(e)}"
+            ) from e
+        self._desc = {}
+
+    def use_text_fields(self, fields: Sequence[str] | None) -> tuple[str, ...]:
+        """The text fields an ingest into this collection uses: ``fields`` when given (recorded
+        if the collection is still empty), else the recorded ones.
+
+        Raises:
+            ConfigError: ``fields`` differ from the recorded ones and rows exist (mixing two
+                definitions of the text in one index would make BM25 scores meaningless).
+        """
+        recorded = self.text_fields
+        if fields is None:
+            return recorded
+        wanted = parse_text_fields(fields)
+        if wanted == recorded or not self.has_text_index:
+            return wanted
+        if self.count() == 0:
+            self.set_properties({PROP_TEXT_FIELDS: ",".join(wanted)})
+            return wanted
+        raise ConfigError(
+            f"collection {self.collection!r} builds its search text from "
+            f"{','.join(recorded)}; ingest with --text-fields {','.join(recorded)}, or change "
+            f"it for every row with `mmsearch reindex --text-fields {','.join(wanted)}`"
+        )
+
+    def refresh(self) -> None:
+        """Forget what was read about the collection (after it was rebuilt by a reindex)."""
+        self._desc = {}
+        self._vector_store = None
+        self._ensure_loaded()
+
     def _ensure_loaded(self) -> None:
         from pymilvus.client.types import LoadState
 
@@ -312,8 +436,12 @@ class CatalogStore:
         if self._vector_store is None:
             from rag.store.vector_store import CatalogVectorStore
 
+            props = self._describe().get("properties", {}) or {}
             self._vector_store = CatalogVectorStore(
-                client=self._client, collection_name=self.collection
+                client=self._client,
+                collection_name=self.collection,
+                text_search=self.has_text_index,
+                has_text=props.get(PROP_HAS_TEXT) == "true",
             )
         return self._vector_store
 
@@ -406,6 +534,8 @@ class CatalogStore:
             model=model,
             index_type=index_type,
             metric=metric,
+            text_index=self.has_text_index,
+            text_fields=list(self.text_fields) if self.has_text_index else None,
         )
 
     def close(self) -> None:
@@ -417,6 +547,10 @@ class CatalogStore:
         release_lite(self.uri)
 
 
+def _reindex_leftovers(collection: str, names: Sequence[str]) -> bool:
+    return bool({collection + REINDEX_NEW_SUFFIX, collection + REINDEX_OLD_SUFFIX} & set(names))
+
+
 def _chunks(items: list[str], n: int) -> Iterable[list[str]]:
     for i in range(0, len(items), n):
         yield items[i : i + n]
@@ -426,7 +560,9 @@ def collection_info(uri: str, token: str, collection: str) -> CollectionInfo:
     """Stats for `mmsearch stats`; a missing collection reports ``exists=False``, 0 rows."""
     client = connect(uri, token)
     try:
-        if not client.has_collection(collection):
+        names = client.list_collections()
+        # A name missing while an interrupted reindex's collections exist is recovered on open.
+        if collection not in names and not _reindex_leftovers(collection, names):
             return CollectionInfo(uri, collection, False, 0, None, None, None, None)
         return CatalogStore(uri=uri, collection=collection, create=False, client=client).info()
     finally:

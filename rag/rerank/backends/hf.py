@@ -4,9 +4,12 @@ candidates can be scored from one prefill (first-token mode)."""
 
 from __future__ import annotations
 
+import functools
 import logging
+import threading
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from PIL import Image
 
@@ -15,6 +18,21 @@ from rag.rerank.backends.base import VLMBackend, VLMReply
 from rag.rerank.backends.constrained import PermutationLogitsProcessor, single_token_ids
 
 logger = logging.getLogger(__name__)
+
+_F = TypeVar("_F", bound=Callable[..., Any])
+
+
+def _one_call_at_a_time(method: _F) -> _F:
+    """Serialise a model call per backend instance: callers on several threads (the HTTP
+    server) must not run two forward passes through one model at once (twice the memory on a
+    GPU, and the model code mutates its inputs)."""
+
+    @functools.wraps(method)
+    def wrapper(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._call_lock:
+            return method(self, *args, **kwargs)
+
+    return wrapper  # type: ignore[return-value]
 
 
 def require_pinned(model_id: str, revision: str | None, trust_remote_code: bool) -> None:
@@ -78,6 +96,7 @@ class TransformersVLM(VLMBackend):
     def __init__(self, *, model: Any, processor: Any, end_token_ids: list[int] | None = None):
         self.model = model.eval()
         self.processor = processor
+        self._call_lock = threading.Lock()
         self.tokenizer = getattr(processor, "tokenizer", processor)
         eos = end_token_ids or model.generation_config.eos_token_id
         self.end_ids = [eos] if isinstance(eos, int) else list(eos or [])
@@ -125,6 +144,7 @@ class TransformersVLM(VLMBackend):
             return None
         return PermutationLogitsProcessor(prompt_len, cand, sep[0], self.end_ids)
 
+    @_one_call_at_a_time
     def generate(
         self,
         prompt: str,
@@ -162,6 +182,7 @@ class TransformersVLM(VLMBackend):
         text = self.tokenizer.decode(new, skip_special_tokens=True)
         return VLMReply(text=text.strip(), prompt_tokens=prompt_len, new_tokens=int(new.shape[0]))
 
+    @_one_call_at_a_time
     def candidate_scores(self, prompt: str, image: Image.Image | None, k: int) -> list[float]:
         import torch
 
