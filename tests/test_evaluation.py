@@ -293,7 +293,6 @@ def test_gallery_restriction_and_warnings(tmp_path: Path) -> None:
 class _Result:
     names: list[str]
     status: str
-    mode: str
     query: dict = field(default_factory=dict)
 
     @property
@@ -325,8 +324,8 @@ class FakeEngine:
             )
         names = self.rankings[mode or "dense"][:top_k]
         if rerank:
-            return _Result(names[::-1], "ok", mode or "dense")
-        return _Result(names, "skipped", mode or "dense", {"mode": mode or "dense"})
+            return _Result(names[::-1], "ok", {"mode": mode or "dense"})
+        return _Result(names, "skipped", {"mode": mode or "dense"})
 
 
 def _fiq_prepared(tmp_path: Path) -> Prepared:
@@ -383,7 +382,7 @@ def test_an_unsupported_search_mode_is_one_line(tmp_path: Path) -> None:
             engine, _fiq_prepared(tmp_path), stages=["retrieval"], search_modes=["dense", "keyword"]
         )
     assert str(err.value).startswith(
-        "eval --mode keyword: search mode 'keyword' needs a text index"
+        "eval --mode keyword: cap.dress.val.json row 1: search mode 'keyword' needs a text index"
     )
     assert all(mode != "dense" or k == 1 for mode, k, _ in engine.calls)  # failed before any run
 
@@ -609,6 +608,34 @@ def test_fashioniq_test_split_writes_the_kit_shape(bench, tiny_embedding, tmp_pa
     assert [{k: v for k, v in p.items() if k != "ranking"} for p in pred] == rows
     for p in pred:
         assert len(p["ranking"]) == 12 and set(p["ranking"]) == set(DRESS)  # reference kept
+
+
+def test_search_modes_side_by_side_on_the_real_engine(catalog, tiny_embedding, tmp_path) -> None:
+    """dense / keyword / hybrid through the real engine (BM25 on the catalog titles): the
+    keyword mode finds a product by its exact title; an image-only row stops keyword at once."""
+    store, folder, _ = catalog
+    engine = build_query_engine(Settings(rerank=False), embedding=tiny_embedding, store=store)
+    path = tmp_path / "q.jsonl"
+    rows = [{"text": f"Product {i}", "relevant": [f"sku-{i}"]} for i in (3, 7, 11)]
+    path.write_text("\n".join(json.dumps(r) for r in rows))
+    sets, proto = read_sets([path])
+    prep = prepare(engine, sets, proto)
+    modes = parse_modes(["dense,keyword", "hybrid"])
+    report = evaluate(engine, prep, stages=["retrieval"], search_modes=modes)
+    assert report["search_modes"] == ["dense", "keyword", "hybrid"]
+    by = report["by_mode"]
+    assert by["keyword"]["retrieval"]["recall@1"] == 1.0
+    assert by["keyword"]["retrieval"]["mrr@10"] == 1.0
+    assert all(set(by[m]["retrieval"]) >= {"recall@1", "ndcg@10", "latency_ms"} for m in by)
+    default = evaluate(engine, prep, stages=["retrieval"])
+    assert default["search_modes"] == ["hybrid"]  # text-only queries default to hybrid
+    image_row = {"image": str(folder / "img_001.png"), "relevant": ["x"]}
+    path.write_text(path.read_text() + "\n" + json.dumps(image_row))
+    sets, proto = read_sets([path])
+    with pytest.raises(ConfigError, match=r"eval --mode keyword: q.jsonl row 4: .*query text"):
+        evaluate(
+            engine, prepare(engine, sets, proto), stages=["retrieval"], search_modes=["keyword"]
+        )
 
 
 def test_cli_eval_jsonl(catalog, tiny_embed_dir, milvus_uri, tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from rag.evaluation.gallery import Gallery
 from rag.evaluation.metrics import subset_ranking
 from rag.evaluation.prepare import Prepared
 from rag.evaluation.protocols import SUBSET_DEPTH, Ranked
-from rag.evaluation.queries import EvalQuery, result_names
+from rag.evaluation.queries import EvalQuery, QuerySet, result_names
 
 logger = logging.getLogger(__name__)
 
@@ -49,10 +49,12 @@ class _StageLog:
     ranked: list[list[Ranked]]
     statuses: Counter[str] = field(default_factory=Counter)
     timings: dict[str, list[float]] = field(default_factory=dict)
+    modes: Counter[str] = field(default_factory=Counter)  # the search mode each query ran in
 
     def add(self, set_no: int, ranked: Ranked, result: Any) -> None:
         self.ranked[set_no].append(ranked)
         self.statuses[result.rerank["status"]] += 1
+        self.modes[str(result.query.get("mode") or "?")] += 1
         for key, value in result.timings.items():
             self.timings.setdefault(key, []).append(value)
 
@@ -179,23 +181,34 @@ def rank_query(
     return out
 
 
-def probe_modes(engine: Any, prep: Prepared, modes: Sequence[str | None]) -> list[str]:
-    """Run the first query once per search mode, so an unsupported mode fails in one line
-    before any long run; returns each mode's name (the engine's default named as it reports)."""
-    qs, g = prep.sets[0], prep.galleries[0]
-    q = qs.queries[0]
-    labels = []
-    for mode in modes:
-        try:
-            res = engine.search(
-                text=q.text, image=_image(q), top_k=1, filters=g.filters, rerank=False, mode=mode
-            )
-        except MMSearchError as e:
-            if mode is None:
-                raise
-            raise ConfigError(f"eval --mode {mode}: {e}") from e
-        labels.append(mode or str(res.query.get("mode") or "default"))
-    return labels
+def _probe_queries(prep: Prepared) -> list[tuple[QuerySet, Gallery, EvalQuery]]:
+    """The first query, and the first one without text (a mode may need text)."""
+    first = (prep.sets[0], prep.galleries[0], prep.sets[0].queries[0])
+    textless = next(
+        (
+            (qs, g, q)
+            for qs, g in zip(prep.sets, prep.galleries, strict=True)
+            for q in qs.queries
+            if not (q.text and q.text.strip())
+        ),
+        None,
+    )
+    return [first] if textless is None else [first, textless]
+
+
+def probe_modes(engine: Any, prep: Prepared, modes: Sequence[str | None]) -> None:
+    """Search once per explicit search mode (the first query, and the first one without
+    text), so a mode the collection or a query cannot serve fails in one line before any
+    long run."""
+    for mode in (m for m in modes if m is not None):
+        for qs, g, q in _probe_queries(prep):
+            try:
+                engine.search(
+                    text=q.text, image=_image(q), top_k=1, filters=g.filters, rerank=False,
+                    mode=mode,
+                )  # fmt: skip
+            except MMSearchError as e:
+                raise ConfigError(f"eval --mode {mode}: {qs.path.name} row {q.row}: {e}") from e
 
 
 def _run_mode(
@@ -216,6 +229,8 @@ def _run_mode(
                 )
             except EvalInputError as e:
                 raise EvalInputError(f"{qs.path}: {e}") from e
+            except MMSearchError as e:  # same class (the CLI's exit path), the query named
+                raise type(e)(f"{qs.path}: row {q.row}: {e}") from e
             for stage, (ranked, result) in per_stage.items():
                 logs[stage].add(set_no, ranked, result)
             progress()
@@ -225,6 +240,8 @@ def _run_mode(
 def _stage_entry(prep: Prepared, log: _StageLog, out_dir: Path | None, tag: str) -> dict[str, Any]:
     entry = protocols.score(prep.protocol, list(zip(prep.sets, log.ranked, strict=True)))
     entry["rerank_status"] = dict(log.statuses)
+    if len(log.modes) > 1:  # the engine's default differs by query kind (text -> hybrid)
+        entry["search_mode_counts"] = dict(log.modes)
     entry["latency_ms"] = {k: round(statistics.fmean(v) * 1000, 2) for k, v in log.timings.items()}
     tests = [
         (qs, r) for qs, r in zip(prep.sets, log.ranked, strict=True) if not qs.has_ground_truth
@@ -249,20 +266,25 @@ def evaluate(
     unknown = set(stages) - set(STAGES)
     if unknown or not stages:
         raise ConfigError(f"stages must be among {STAGES}, got {list(stages)}")
-    labels = probe_modes(engine, prep, search_modes)
+    probe_modes(engine, prep, search_modes)
     total = sum(len(qs.queries) for qs in prep.sets)
     counter = itertools.count(1)
 
     def tick(label: str) -> None:
         done = next(counter)
         if progress:
-            progress(label, done, total * len(labels))
+            progress(label, done, total * len(search_modes))
 
     by_mode: dict[str, dict[str, Any]] = {}
-    for label, mode in zip(labels, search_modes, strict=True):
+    labels = []
+    for mode in search_modes:
+        tag = mode or "default"
         logs = _run_mode(
-            engine, prep, mode, stages=stages, top_k=top_k, progress=functools.partial(tick, label)
+            engine, prep, mode, stages=stages, top_k=top_k, progress=functools.partial(tick, tag)
         )
+        ran = set().union(*(log.modes for log in logs.values()))
+        label = mode or (ran.pop() if len(ran) == 1 else "default")  # the mode(s) that ran
+        labels.append(label)
         by_mode[label] = {
             s: _stage_entry(prep, logs[s], submission_dir, f"{label}-{s}") for s in stages
         }
