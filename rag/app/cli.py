@@ -364,12 +364,15 @@ def _print_eval(report: dict[str, Any], plot_out: str | None, as_json: bool) -> 
     from rag.evaluation.plot import plot
     from rag.evaluation.report import summary, table
 
+    header, rows = table(report)
+    if plot_out and not rows:  # a test split: its submission files are the result
+        typer.echo("no metrics to plot (test splits have no targets); --plot skipped", err=True)
+        plot_out = None
     if plot_out:
         report["plot"] = str(plot(report, Path(plot_out)))
     if as_json:
         _echo_json(report)
         return
-    header, rows = table(report)
     out = Table(box=None)
     out.add_column(header[0])
     for name in header[1:]:

@@ -57,10 +57,15 @@ def table(report: dict[str, Any]) -> tuple[list[str], list[list[str]]]:
 
 def summary(report: dict[str, Any]) -> list[str]:
     """The lines around the table: protocol, depth, gallery, rerank status, latency, files."""
+    reranked = any(name.endswith("rerank") for name, _ in columns(report))
+    head = (
+        f"; top {report['top_k']} reranked (ranks below keep the retrieval order)"
+        if reranked
+        else ""
+    )
     lines = [
         f"{report['queries']} queries, protocol {report['protocol']}, search mode(s) "
-        f"{', '.join(report['search_modes'])}; top {report['top_k']} reranked, "
-        f"{report['depth']} ranks scored (ranks below the reranked head keep retrieval order)"
+        f"{', '.join(report['search_modes'])}, {report['depth']} ranks scored{head}"
     ]
     for name, g in report["gallery"].items():
         if g.get("images") is not None:
