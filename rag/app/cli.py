@@ -44,7 +44,13 @@ def _root(
         format="%(levelname)s %(name)s: %(message)s",
     )
     if not verbose:
-        # pymilvus logs every failed RPC at ERROR before raising; our one-line message says it.
+        _quiet_libraries()
+
+
+def _quiet_libraries() -> None:
+    """pymilvus logs every failed RPC at ERROR before raising (our one-line message says it),
+    and resets its loggers when it is imported: call again after a command imports it."""
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in ("pymilvus", "milvus_lite", "grpc"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
 
@@ -293,62 +299,93 @@ def serve(
 
 @app.command("eval")
 def eval_(
-    queries: str = typer.Argument(..., help="Query file: our JSONL, CIRR or FashionIQ captions."),
+    queries: list[str] = typer.Argument(
+        ...,
+        help="Query files: our JSONL, or CIRR / FashionIQ caption files (several: e.g. the "
+        "three FashionIQ categories).",
+    ),
     images: str | None = typer.Option(None, "--images", help="Folder with the data set images."),
     no_rerank: bool = typer.Option(False, "--no-rerank", help="Retrieval metrics only."),
     both: bool = typer.Option(False, "--both", help="Retrieval and rerank metrics."),
-    top_k: int = typer.Option(10, "--top-k", min=10, max=25, help="Candidates per query."),
+    top_k: int = typer.Option(
+        10, "--top-k", min=10, max=25, help="Candidates the VLM reranks per query."
+    ),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     plot_out: str | None = typer.Option(None, "--plot", help="Save a bar chart (PNG)."),
+    protocol: str | None = typer.Option(
+        None, "--protocol", help="cirr, fashioniq or plain (default: detected from the file)."
+    ),
+    split_files: list[str] = typer.Option(
+        [], "--split-file", help="Official image_splits/*.json: the gallery (repeatable)."
+    ),
+    modes: list[str] = typer.Option(
+        [], "--mode", help="Search mode(s): dense, keyword, hybrid (repeatable or a comma list)."
+    ),
+    submission_dir: str = typer.Option(
+        "submissions", "--submission-dir", help="Where test splits write submission files."
+    ),
 ) -> None:
-    """Measure Recall@1/5/10, MRR@10, nDCG@10 with and without rerank on a labelled query set."""
+    """Benchmark retrieval and rerank: CIRR / FashionIQ protocols, or our labelled JSONL."""
+    from pathlib import Path
+
+    from rag.evaluation.prepare import prepare, read_sets
+    from rag.evaluation.runner import evaluate, parse_modes
+    from rag.factory import build_query_engine
+
+    if no_rerank and both:
+        raise MMSearchError("--no-rerank and --both exclude each other")
+    stages = ["retrieval"] if no_rerank else ["retrieval", "rerank"] if both else ["rerank"]
+    search_modes = parse_modes(modes)
+    image_dir = Path(images) if images else None
+    sets, proto = read_sets([Path(q) for q in queries], image_dir, protocol)
+    engine = build_query_engine(_settings(), rerank="rerank" in stages)
+    _quiet_libraries()
+    try:
+        prep = prepare(engine, sets, proto, split_files=[Path(p) for p in split_files],
+                       images=image_dir)  # fmt: skip
+        with _progress_bar("eval") as bar:
+            task = bar.add_task("eval", total=None, rate="")
+            report = evaluate(
+                engine, prep, stages=stages, search_modes=search_modes, top_k=top_k,
+                submission_dir=Path(submission_dir),
+                progress=lambda mode, i, n: bar.update(task, completed=i, total=n, rate=mode),
+            )  # fmt: skip
+    finally:
+        engine.close()
+    _print_eval(report, plot_out, as_json)
+
+
+def _print_eval(report: dict[str, Any], plot_out: str | None, as_json: bool) -> None:
     from pathlib import Path
 
     from rich.console import Console
     from rich.table import Table
 
     from rag.evaluation.plot import plot
-    from rag.evaluation.queries import read_queries
-    from rag.evaluation.runner import evaluate
-    from rag.factory import build_query_engine
+    from rag.evaluation.report import summary, table
 
-    if no_rerank and both:
-        raise MMSearchError("--no-rerank and --both exclude each other")
-    qs = read_queries(Path(queries), Path(images) if images else None)
-    modes = ["retrieval"] if no_rerank else ["retrieval", "rerank"] if both else ["rerank"]
-    s = _settings()
-    engine = build_query_engine(s, rerank="rerank" in modes)
-    try:
-        with _progress_bar("eval") as bar:
-            task = bar.add_task("eval", total=len(qs) * len(modes), rate="")
-            done = {"n": 0}
-
-            def progress(mode: str, i: int, n: int) -> None:
-                done["n"] += 1
-                bar.update(task, completed=done["n"], rate=mode)
-
-            report = evaluate(engine, qs, modes=modes, top_k=top_k, progress=progress)
-    finally:
-        engine.close()
+    header, rows = table(report)
+    if plot_out and not rows:  # a test split: its submission files are the result
+        typer.echo("no metrics to plot (test splits have no targets); --plot skipped", err=True)
+        plot_out = None
     if plot_out:
         report["plot"] = str(plot(report, Path(plot_out)))
     if as_json:
         _echo_json(report)
         return
-    table = Table(box=None)
-    table.add_column("metric")
-    for mode in modes:
-        table.add_column(mode, justify="right")
-    for key in ("recall@1", "recall@5", "recall@10", "mrr@10", "ndcg@10"):
-        table.add_row(key, *[f"{report[m][key]:.3f}" for m in modes])
+    out = Table(box=None)
+    out.add_column(header[0])
+    for name in header[1:]:
+        out.add_column(name, justify="right")
+    for row in rows:
+        out.add_row(*row)
     console = Console()
-    console.print(f"{report['queries']} queries, top {top_k}")
-    console.print(table)
-    for mode in modes:
-        console.print(
-            f"{mode}: rerank status {report[mode]['rerank_status']}, "
-            f"latency ms {report[mode]['latency_ms']}"
-        )
+    lines = summary(report)
+    console.print(lines[0])
+    if rows:
+        console.print(out)
+    for line in lines[1:]:
+        console.print(line)
     if plot_out:
         console.print(f"plot saved to {report['plot']}")
 

@@ -1,1 +1,2 @@
-"""Evaluation: query-set readers (our JSONL, CIRR, FashionIQ), ranking metrics, the runner."""
+"""Evaluation: query sets (our JSONL, the official CIRR and FashionIQ files), the benchmark
+protocols and their metrics, split galleries, the runner, submission files, the report."""

@@ -9,7 +9,7 @@ vectors), and a reopened collection is loaded before use (Milvus Lite reopens it
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -486,6 +486,20 @@ class CatalogStore:
         finally:
             it.close()
         return out
+
+    def iter_rows(self, fields: Sequence[str], batch_size: int = 1000) -> Iterator[dict[str, Any]]:
+        """Every row's ``fields`` (e.g. the evaluation's gallery check), in batches."""
+        try:
+            it = self._client.query_iterator(
+                self.collection, batch_size=batch_size, filter="", output_fields=list(fields)
+            )
+        except Exception as e:
+            raise StoreError(f"cannot list rows of {self.collection!r}: {short_error(e)}") from e
+        try:
+            while batch := it.next():
+                yield from batch
+        finally:
+            it.close()
 
     def flush(self) -> None:
         """Seal what was written. Milvus Lite searches unsealed rows by brute force in Python:
