@@ -42,17 +42,34 @@ class CatalogVectorStore(BasePydanticVectorStore):
         client: an open ``pymilvus.MilvusClient`` (the store's own, shared).
         collection_name: the collection (created by ``CatalogStore``).
         batch_size: rows per upsert call.
+        search_params: dense search parameters (default: the IP metric).
     """
 
     stores_text: bool = True
     flat_metadata: bool = False
     collection_name: str = Field(description="Milvus collection name.")
     batch_size: int = Field(default=1000, ge=1, description="Rows per upsert call.")
+    search_params: dict[str, Any] = Field(
+        default_factory=lambda: {"metric_type": "IP"},
+        description="Dense search parameters (metric; an HNSW collection adds its ef).",
+    )
 
     _client: Any = PrivateAttr()
 
-    def __init__(self, *, client: Any, collection_name: str, batch_size: int = 1000) -> None:
-        super().__init__(stores_text=True, collection_name=collection_name, batch_size=batch_size)
+    def __init__(
+        self,
+        *,
+        client: Any,
+        collection_name: str,
+        batch_size: int = 1000,
+        search_params: dict[str, Any] | None = None,
+    ) -> None:
+        super().__init__(
+            stores_text=True,
+            collection_name=collection_name,
+            batch_size=batch_size,
+            search_params=search_params or {"metric_type": "IP"},
+        )
         self._client = client
 
     @classmethod
@@ -127,7 +144,7 @@ class CatalogVectorStore(BasePydanticVectorStore):
             filter=expr,
             limit=query.similarity_top_k,
             output_fields=NODE_FIELDS,
-            search_params={"metric_type": "IP"},
+            search_params=self.search_params,
         )[0]
         return VectorStoreQueryResult(
             nodes=[self._node(h["entity"]) for h in hits],
