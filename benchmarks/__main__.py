@@ -1,17 +1,19 @@
-"""Run the benchmarks: ``python -m benchmarks [embedding|ingestion|query ...]`` (all by default);
-each writes benchmarks/results/<name>.json."""
+"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` with NAME one of embedding, ingestion,
+query, rerank, scale, distributed (all by default); each writes benchmarks/results/<name>.json."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import embedding, ingestion, query, rerank
+from benchmarks import distributed, embedding, ingestion, query, rerank, scale
 
 ALL = {
     "embedding": embedding.run,
     "ingestion": ingestion.run,
     "query": query.run,
     "rerank": rerank.run,
+    "scale": scale.run,
+    "distributed": distributed.run,
 }
 
 

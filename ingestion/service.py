@@ -11,6 +11,7 @@ from ingestion.pipeline import Ingestor, IngestReport, Progress
 from ingestion.sources import CatalogItem, items_for
 
 if TYPE_CHECKING:
+    from ingestion.distributed import RayOptions
     from rag.core.settings import Settings
     from rag.embedding.multimodal import VisualizedBGEEmbedding
     from rag.store.milvus import CatalogStore
@@ -38,6 +39,7 @@ def ingest_items(
     progress: Progress | None = None,
     embedding: VisualizedBGEEmbedding | None = None,
     store: CatalogStore | None = None,
+    ray: RayOptions | None = None,
 ) -> IngestResult:
     """Index ``items`` into the configured collection.
 
@@ -48,8 +50,13 @@ def ingest_items(
         prune: also drop rows of the same sources whose item is gone.
         progress: called with (done, total).
         embedding, store: ready components; a store passed in stays open.
+        ray: run on a Ray cluster instead (:mod:`ingestion.distributed`); the model then loads
+            on the Ray workers, not here.
     """
     from rag.factory import build_embedding, open_store
+
+    if ray is not None:
+        return _ingest_on_ray(settings, items, ray, prune=prune, progress=progress, store=store)
 
     sources = sorted({item.source for item in items}) if prune else []
     embedding = embedding or build_embedding(settings)
@@ -64,6 +71,49 @@ def ingest_items(
             cache_dir=settings.data_dir / "cache" / "urls",
             progress=progress,
         ).run(items, prune_sources=sources)
+        rows = store.count()
+    finally:
+        if own_store:
+            store.close()
+    return IngestResult(report, rows)
+
+
+def _ingest_on_ray(
+    settings: Settings,
+    items: Sequence[CatalogItem],
+    options: RayOptions,
+    *,
+    prune: bool,
+    progress: Progress | None,
+    store: CatalogStore | None,
+) -> IngestResult:
+    """:func:`ingest_items` on Ray: the driver reads the model's id and dimension from its
+    directory (no weights) to open the collection; the workers load the model."""
+    from ingestion.distributed import import_ray, ingest_on_ray
+    from rag.embedding.checkpoint import read_model_facts
+    from rag.embedding.hub import resolve_embed_model_dir
+    from rag.factory import open_store
+
+    import_ray()  # a missing extra fails before anything else
+    sources = sorted({item.source for item in items}) if prune else []
+    model_dir = resolve_embed_model_dir(settings.embed_model, settings.models_dir)
+    model_id, dim, _ = read_model_facts(model_dir)
+    own_store = store is None
+    store = store or open_store(settings, model_id=model_id, dim=dim)
+    try:
+        report = ingest_on_ray(
+            items,
+            store=store,
+            model_dir=model_dir.resolve(),
+            token=settings.milvus_token_value,
+            device=settings.device,
+            dtype=settings.dtype,
+            batch_size=settings.embed_batch_size,
+            cache_dir=(settings.data_dir / "cache" / "urls").resolve(),
+            options=options,
+            progress=progress,
+            prune_sources=sources,
+        )
         rows = store.count()
     finally:
         if own_store:
