@@ -155,6 +155,10 @@ def ingest(
     s = _settings(embed_batch_size=batch_size)
     options = None
     if ray is not None:
+        import os
+
+        # gRPC's C core logs an INFO line per fork once Ray starts worker processes.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
         from ingestion.distributed import RayOptions, import_ray
 
         import_ray()  # a missing extra fails in one line, before any work
