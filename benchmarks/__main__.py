@@ -1,11 +1,12 @@
-"""Run the benchmarks: ``python -m benchmarks [embedding|hybrid|ingestion|query ...]`` (all by
-default); each writes benchmarks/results/<name>.json."""
+"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` with NAME one of embedding, hybrid,
+ingestion, query, rerank, serve, scale, distributed (all by default; gpu too once it exists);
+each writes benchmarks/results/<name>.json."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import embedding, hybrid, ingestion, query, rerank, serve
+from benchmarks import distributed, embedding, hybrid, ingestion, query, rerank, scale, serve
 
 ALL = {
     "embedding": embedding.run,
@@ -14,6 +15,8 @@ ALL = {
     "query": query.run,
     "rerank": rerank.run,
     "serve": serve.run,
+    "scale": scale.run,
+    "distributed": distributed.run,
 }
 
 

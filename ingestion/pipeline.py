@@ -49,39 +49,6 @@ def row_id(key: str, sha: str) -> str:
     return hashlib.sha256(f"{key}\0{sha}".encode()).hexdigest()[:32]
 
 
-def catalog_node(
-    item: CatalogItem,
-    *,
-    local_path: str,
-    sha: str,
-    vector: list[float],
-    text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
-) -> ImageNode:
-    """The one place a catalog row is built (every ingestion path uses it): an ``ImageNode``
-    with the image vector, the item's metadata, and as its text the catalog text of
-    ``text_fields`` (BM25-indexed by the collection; '' for items without text)."""
-    from llama_index.core.schema import ImageNode
-
-    meta: dict[str, Any] = {
-        **item.metadata,
-        "item_key": item.key,
-        "image_path": item.image,
-        "local_path": local_path,
-        "source": item.source,
-        "content_sha256": sha,
-    }
-    return ImageNode(
-        id_=row_id(item.key, sha),
-        text=catalog_text(item.metadata, text_fields),
-        image_path=local_path,
-        image_url=item.image if item.is_url else None,
-        metadata=meta,
-        embedding=vector,
-        excluded_embed_metadata_keys=list(meta),
-        excluded_llm_metadata_keys=["local_path", "content_sha256", "source"],
-    )
-
-
 @dataclass
 class IngestReport:
     """What an ingest did; ``--json`` prints :meth:`to_dict`."""
@@ -107,7 +74,9 @@ class IngestReport:
 
 
 @dataclass
-class _Fingerprint:
+class Fingerprint:
+    """Where an item's image is and what is in it: the row id follows from the content."""
+
     item: CatalogItem
     local_path: str
     sha: str
@@ -122,6 +91,140 @@ def display_path(path: str) -> str:
 def _reason(err: Exception, label: str) -> str:
     text = str(err)
     return display_path(text[len(label) + 2 :] if text.startswith(label + ": ") else text)
+
+
+# -- the stages, shared by the local pipeline and the Ray one (ingestion/distributed.py) ------
+def fingerprint(item: CatalogItem, cache_dir: Path, *, allow_private: bool = False) -> Fingerprint:
+    """Stage 1: fetch a URL into the cache (private addresses only with ``allow_private``:
+    the SSRF guard of ``rag.core.fetch``), hash the image bytes, derive the row id."""
+    try:
+        item.key.encode("utf-8")
+    except UnicodeEncodeError as e:
+        # Milvus stores UTF-8 strings only; a lossy key would break idempotency.
+        raise InputImageError(f"{item.image}: file name is not valid UTF-8; rename the file") from e
+    local = (
+        str(fetch(item.image, cache_dir, allow_private=allow_private))
+        if item.is_url
+        else item.image
+    )
+    sha = content_sha256(read_bytes(local))
+    return Fingerprint(item, local, sha, row_id(item.key, sha))
+
+
+def decode(fp: Fingerprint, size: int) -> tuple[Fingerprint, Any]:
+    """Stage 2: read, decode and preprocess; an image changed since stage 1 gets the id of
+    what was actually decoded."""
+    data = read_bytes(fp.local_path)
+    sha = content_sha256(data)
+    if sha != fp.sha:  # changed since stage 1: index what we actually decoded
+        fp = Fingerprint(fp.item, fp.local_path, sha, row_id(fp.item.key, sha))
+    img = load_image(data, name=fp.item.image)
+    return fp, preprocess(img, size)
+
+
+def image_node(
+    fp: Fingerprint, vector: list[float], text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS
+) -> ImageNode:
+    """The stored row of one item: the one place that turns (item, vector) into a node, for
+    every ingestion path. The node's text is the catalog text of ``text_fields``
+    (BM25-indexed by the collection; '' for items without text)."""
+    from llama_index.core.schema import ImageNode
+
+    item = fp.item
+    meta: dict[str, Any] = {
+        **item.metadata,
+        "item_key": item.key,
+        "image_path": item.image,
+        "local_path": fp.local_path,
+        "source": item.source,
+        "content_sha256": fp.sha,
+    }
+    return ImageNode(
+        id_=fp.id,
+        text=catalog_text(item.metadata, text_fields),
+        image_path=fp.local_path,
+        image_url=item.image if item.is_url else None,
+        metadata=meta,
+        embedding=vector,
+        excluded_embed_metadata_keys=list(meta),
+        excluded_llm_metadata_keys=["local_path", "content_sha256", "source"],
+    )
+
+
+def unique_items(items: Iterable[CatalogItem], report: IngestReport) -> dict[str, CatalogItem]:
+    """Items by key; a repeated key is reported, not indexed twice."""
+    unique: dict[str, CatalogItem] = {}
+    for item in items:
+        if item.key in unique:
+            report.failed.append(
+                {"path": display_path(item.image), "error": f"duplicate key {item.key!r}"}
+            )
+            continue
+        unique[item.key] = item
+    return unique
+
+
+def failure(item: CatalogItem, err: Exception) -> dict[str, str]:
+    """The report entry of a skipped item: its path and the reason, without the repeated path."""
+    return {"path": display_path(item.image), "error": _reason(err, item.image)}
+
+
+def report_failure(report: IngestReport, item: CatalogItem, err: Exception) -> None:
+    report.failed.append(failure(item, err))
+
+
+def classify(
+    store: CatalogStore,
+    prints: list[Fingerprint],
+    report: IngestReport,
+    done: Callable[[int], None],
+) -> tuple[list[Fingerprint], dict[str, list[str]]]:
+    """Split into items to embed and unchanged ones; returns (todo, stale) where stale maps
+    a key to the ids to delete once its new row is stored. ``done(n)`` counts finished items."""
+    todo: list[Fingerprint] = []
+    stale: dict[str, list[str]] = {}
+    for start in range(0, len(prints), _LOOKUP_CHUNK):
+        chunk = prints[start : start + _LOOKUP_CHUNK]
+        existing = store.rows_by_key([fp.item.key for fp in chunk])
+        for fp in chunk:
+            ids = existing.get(fp.item.key, [])
+            others = [i for i in ids if i != fp.id]
+            if fp.id not in ids:
+                if others:
+                    stale[fp.item.key] = others
+                todo.append(fp)
+                continue
+            if others:  # an interrupted replacement: finish it
+                store.delete_ids(others)
+                report.replaced += 1
+            else:
+                report.unchanged += 1
+            done(1)
+    return todo, stale
+
+
+def record_stored(
+    store: CatalogStore,
+    prints: list[Fingerprint],
+    stale: dict[str, list[str]],
+    report: IngestReport,
+) -> None:
+    """After the rows of ``prints`` are stored: delete the rows they replace (only now, so a
+    crash never loses an item) and count them."""
+    report.embedded += len(prints)
+    for fp in prints:
+        old = stale.pop(fp.item.key, None)
+        if old:
+            store.delete_ids(old)
+            report.replaced += 1
+        else:
+            report.added += 1
+
+
+def prune(store: CatalogStore, source: str, keep: set[str]) -> int:
+    """Delete the rows of ``source`` whose item key is not in ``keep``."""
+    gone = {k: ids for k, ids in store.keys_for_source(source).items() if k not in keep}
+    return store.delete_ids([i for ids in gone.values() for i in ids])
 
 
 class _Ticker:
@@ -179,30 +282,12 @@ class Ingestor:
         self._size = embedding.model.vision_config.image_size
 
     # -- stage 1: where is each image, what is in it ------------------------------------
-    def _fingerprint(self, item: CatalogItem) -> _Fingerprint:
-        try:
-            item.key.encode("utf-8")
-        except UnicodeEncodeError as e:
-            # Milvus stores UTF-8 strings only; a lossy key would break idempotency.
-            raise InputImageError(
-                f"{item.image}: file name is not valid UTF-8; rename the file"
-            ) from e
-        local = (
-            str(fetch(item.image, self.cache_dir, allow_private=self.allow_private_urls))
-            if item.is_url
-            else item.image
-        )
-        sha = content_sha256(read_bytes(local))
-        return _Fingerprint(item, local, sha, row_id(item.key, sha))
+    def _fingerprint(self, item: CatalogItem) -> Fingerprint:
+        return fingerprint(item, self.cache_dir, allow_private=self.allow_private_urls)
 
     # -- stage 2: decode + preprocess (worker threads) ------------------------------------
-    def _decode(self, fp: _Fingerprint) -> tuple[_Fingerprint, Any]:
-        data = read_bytes(fp.local_path)
-        sha = content_sha256(data)
-        if sha != fp.sha:  # changed since stage 1: index what we actually decoded
-            fp = _Fingerprint(fp.item, fp.local_path, sha, row_id(fp.item.key, sha))
-        img = load_image(data, name=fp.item.image)
-        return fp, preprocess(img, self._size)
+    def _decode(self, fp: Fingerprint) -> tuple[Fingerprint, Any]:
+        return decode(fp, self._size)
 
     def run(
         self, items: Iterable[CatalogItem], *, prune_sources: Iterable[str] = ()
@@ -228,15 +313,7 @@ class Ingestor:
 
     @staticmethod
     def _unique(items: Iterable[CatalogItem], report: IngestReport) -> dict[str, CatalogItem]:
-        unique: dict[str, CatalogItem] = {}
-        for item in items:
-            if item.key in unique:
-                report.failed.append(
-                    {"path": display_path(item.image), "error": f"duplicate key {item.key!r}"}
-                )
-                continue
-            unique[item.key] = item
-        return unique
+        return unique_items(items, report)
 
     def _fingerprint_all(
         self,
@@ -244,52 +321,28 @@ class Ingestor:
         items: list[CatalogItem],
         report: IngestReport,
         ticker: _Ticker,
-    ) -> list[_Fingerprint]:
-        prints: list[_Fingerprint] = []
+    ) -> list[Fingerprint]:
+        prints: list[Fingerprint] = []
         for item, fut in [(it, pool.submit(self._fingerprint, it)) for it in items]:
             try:
                 prints.append(fut.result())
             except InputImageError as e:
-                report.failed.append(
-                    {"path": display_path(item.image), "error": _reason(e, item.image)}
-                )
+                report_failure(report, item, e)
                 ticker.add()
         return prints
 
     def _classify(
-        self, prints: list[_Fingerprint], report: IngestReport, ticker: _Ticker
-    ) -> tuple[list[_Fingerprint], dict[str, list[str]]]:
-        """Split into items to embed and unchanged ones; returns (todo, stale) where stale maps
-        a key to the ids to delete once its new row is stored."""
-        todo: list[_Fingerprint] = []
-        stale: dict[str, list[str]] = {}
-        for start in range(0, len(prints), _LOOKUP_CHUNK):
-            chunk = prints[start : start + _LOOKUP_CHUNK]
-            existing = self.store.rows_by_key([fp.item.key for fp in chunk])
-            for fp in chunk:
-                ids = existing.get(fp.item.key, [])
-                others = [i for i in ids if i != fp.id]
-                if fp.id not in ids:
-                    if others:
-                        stale[fp.item.key] = others
-                    todo.append(fp)
-                    continue
-                if others:  # an interrupted replacement: finish it
-                    self.store.delete_ids(others)
-                    report.replaced += 1
-                else:
-                    report.unchanged += 1
-                ticker.add()
-        return todo, stale
+        self, prints: list[Fingerprint], report: IngestReport, ticker: _Ticker
+    ) -> tuple[list[Fingerprint], dict[str, list[str]]]:
+        return classify(self.store, prints, report, ticker.add)
 
     def _prune(self, source: str, keep: set[str]) -> int:
-        gone = {k: ids for k, ids in self.store.keys_for_source(source).items() if k not in keep}
-        return self.store.delete_ids([i for ids in gone.values() for i in ids])
+        return prune(self.store, source, keep)
 
     def _embed_all(
         self,
         pool: ThreadPoolExecutor,
-        todo: list[_Fingerprint],
+        todo: list[Fingerprint],
         stale: dict[str, list[str]],
         report: IngestReport,
         ticker: _Ticker,
@@ -297,9 +350,9 @@ class Ingestor:
         import torch
 
         window = max(2 * self.batch_size, 4 * self.workers)
-        pending: deque[tuple[_Fingerprint, Future[tuple[_Fingerprint, Any]]]] = deque()
+        pending: deque[tuple[Fingerprint, Future[tuple[Fingerprint, Any]]]] = deque()
         queue = iter(todo)
-        batch: list[tuple[_Fingerprint, Any]] = []
+        batch: list[tuple[Fingerprint, Any]] = []
 
         def refill() -> None:
             while len(pending) < window:
@@ -315,9 +368,7 @@ class Ingestor:
             try:
                 batch.append(fut.result())
             except MMSearchError as e:
-                report.failed.append(
-                    {"path": display_path(fp.item.image), "error": _reason(e, fp.item.image)}
-                )
+                report_failure(report, fp.item, e)
                 ticker.add()
             if len(batch) == self.batch_size or (not pending and batch):
                 vectors = self.embedding.embed_pixels(torch.stack([t for _, t in batch]))
@@ -327,30 +378,16 @@ class Ingestor:
 
     def _store_batch(
         self,
-        prints: list[_Fingerprint],
+        prints: list[Fingerprint],
         vectors: list[list[float]],
         stale: dict[str, list[str]],
         report: IngestReport,
     ) -> None:
         nodes = [
-            catalog_node(
-                fp.item,
-                local_path=fp.local_path,
-                sha=fp.sha,
-                vector=vec,
-                text_fields=self.text_fields,
-            )
-            for fp, vec in zip(prints, vectors, strict=True)
+            image_node(fp, vec, self.text_fields) for fp, vec in zip(prints, vectors, strict=True)
         ]
         # Pre-embedded nodes go straight to the LlamaIndex vector store: a
         # MultiModalVectorStoreIndex would write every node that has text twice (once to its
         # text store, once to its image store; here both are this collection).
-        self.store.vector_store.add(nodes)
-        report.embedded += len(nodes)
-        for fp in prints:
-            old = stale.pop(fp.item.key, None)
-            if old:
-                self.store.delete_ids(old)
-                report.replaced += 1
-            else:
-                report.added += 1
+        self.store.call("write rows", lambda: self.store.vector_store.add(nodes))
+        record_stored(self.store, prints, stale, report)

@@ -12,6 +12,7 @@ from ingestion.pipeline import Ingestor, IngestReport, Progress
 from ingestion.sources import CatalogItem, items_for
 
 if TYPE_CHECKING:
+    from ingestion.distributed import RayOptions
     from rag.core.settings import Settings
     from rag.embedding.multimodal import VisualizedBGEEmbedding
     from rag.store.milvus import CatalogStore
@@ -42,6 +43,7 @@ def ingest_items(
     embedding: VisualizedBGEEmbedding | None = None,
     store: CatalogStore | None = None,
     text_fields: Sequence[str] | None = None,
+    ray: RayOptions | None = None,
 ) -> IngestResult:
     """Index ``items`` into the configured collection.
 
@@ -54,8 +56,21 @@ def ingest_items(
         embedding, store: ready components; a store passed in stays open.
         text_fields: catalog fields that make the search text (``None``: the collection's
             recorded fields, title + description for a new one).
+        ray: run on a Ray cluster instead (:mod:`ingestion.distributed`); the model then loads
+            on the Ray workers, not here.
     """
     from rag.factory import build_embedding, open_store
+
+    if ray is not None:
+        return _ingest_on_ray(
+            settings,
+            items,
+            ray,
+            prune=prune,
+            progress=progress,
+            store=store,
+            text_fields=text_fields,
+        )
 
     sources = sorted({item.source for item in items}) if prune else []
     embedding = embedding or build_embedding(settings)
@@ -79,6 +94,53 @@ def ingest_items(
             text_fields=fields,
             allow_private_urls=settings.allow_private_urls,
         ).run(items, prune_sources=sources)
+        rows = store.count()
+    finally:
+        if own_store:
+            store.close()
+    return IngestResult(report, rows)
+
+
+def _ingest_on_ray(
+    settings: Settings,
+    items: Sequence[CatalogItem],
+    options: RayOptions,
+    *,
+    prune: bool,
+    progress: Progress | None,
+    store: CatalogStore | None,
+    text_fields: Sequence[str] | None,
+) -> IngestResult:
+    """:func:`ingest_items` on Ray: the driver reads the model's id and dimension from its
+    directory (no weights) to open the collection; the workers load the model."""
+    from ingestion.distributed import import_ray, ingest_on_ray
+    from rag.embedding.checkpoint import read_model_facts
+    from rag.embedding.hub import resolve_embed_model_dir
+    from rag.factory import open_store
+
+    import_ray()  # a missing extra fails before anything else
+    sources = sorted({item.source for item in items}) if prune else []
+    model_dir = resolve_embed_model_dir(settings.embed_model, settings.models_dir)
+    model_id, dim, _ = read_model_facts(model_dir)
+    own_store = store is None
+    store = store or open_store(settings, model_id=model_id, dim=dim)
+    try:
+        fields = store.use_text_fields(text_fields)
+        report = ingest_on_ray(
+            items,
+            store=store,
+            model_dir=model_dir.resolve(),
+            token=settings.milvus_token_value,
+            device=settings.device,
+            dtype=settings.dtype,
+            batch_size=settings.embed_batch_size,
+            cache_dir=(settings.data_dir / "cache" / "urls").resolve(),
+            options=options,
+            progress=progress,
+            prune_sources=sources,
+            text_fields=fields,
+            allow_private_urls=settings.allow_private_urls,
+        )
         rows = store.count()
     finally:
         if own_store:

@@ -80,3 +80,7 @@ class SourceError(MMSearchError):
 
 class EvalInputError(MMSearchError):
     """An evaluation query file (or one of its rows) cannot be read."""
+
+
+class DistributedError(MMSearchError):
+    """Ray is missing, cannot be reached, or a distributed stage failed."""

@@ -37,8 +37,11 @@ def open_store(
     embedding: VisualizedBGEEmbedding | None = None,
     *,
     create: bool = True,
+    model_id: str | None = None,
+    dim: int | None = None,
 ) -> CatalogStore:
-    """The configured collection, checked against ``embedding``'s model id and dimension."""
+    """The configured collection, checked against ``embedding``'s model id and dimension (or
+    ``model_id`` and ``dim`` given without a loaded model, as a Ray driver does)."""
     from rag.store.milvus import CatalogStore
 
     s = settings or load_settings()
@@ -46,8 +49,8 @@ def open_store(
         uri=s.milvus_uri,
         token=s.milvus_token_value,
         collection=s.collection,
-        dim=embedding.dim if embedding else None,
-        model_id=embedding.model_name if embedding else None,
+        dim=embedding.dim if embedding else dim,
+        model_id=embedding.model_name if embedding else model_id,
         index_type=s.index_type,
         create=create,
     )

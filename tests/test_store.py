@@ -72,7 +72,32 @@ def test_create_insert_search_reopen_delete(milvus_uri: str) -> None:
 def test_hnsw_index(milvus_uri: str) -> None:
     store = CatalogStore(uri=milvus_uri, collection="h", dim=4, model_id="m", index_type="hnsw")
     assert store.info().index_type == "HNSW"
+    # HNSW searches ask for a wide search (a server's default breadth is only the top k).
+    assert store.vector_store.search_params == {"metric_type": "IP", "params": {"ef": 128}}
+    store.vector_store.add([_node(i, [1.0, i / 10, 0, 0]) for i in range(5)])
+    res = store.vector_store.query(
+        VectorStoreQuery(query_embedding=[0, 1, 0, 0], similarity_top_k=2)
+    )
+    assert res.ids == ["id4", "id3"]
     store.close()
+
+
+def test_auto_index_and_lite_scale_note(milvus_uri: str) -> None:
+    from rag.store.milvus import LITE_COMFORT_ROWS, lite_scale_note, resolve_index_type
+
+    store = CatalogStore(uri=milvus_uri, collection="a", dim=4, model_id="m", index_type="auto")
+    assert store.info().index_type == "FLAT"  # Milvus Lite: exact search
+    assert store.vector_store.search_params == {"metric_type": "IP"}
+    store.close()
+    for uri in ("http://milvus:19530", "unix:/run/milvus.sock", "https://x.zillizcloud.com"):
+        assert resolve_index_type("AUTO", uri) == "HNSW"
+    assert resolve_index_type("flat", "http://milvus:19530") == "FLAT"
+    with pytest.raises(StoreError, match="index_type must be one of"):
+        resolve_index_type("IVF_PQ", milvus_uri)
+    assert lite_scale_note(milvus_uri, LITE_COMFORT_ROWS) is None
+    note = lite_scale_note(milvus_uri, LITE_COMFORT_ROWS + 1)
+    assert note is not None and "\n" not in note and "Milvus server" in note
+    assert lite_scale_note("http://milvus:19530", 10**7) is None
 
 
 @pytest.mark.parametrize(("dim", "model"), [(8, "m1"), (4, "other-model")])
@@ -108,3 +133,47 @@ def test_second_process_gets_lock_error(milvus_uri: str) -> None:
         with pytest.raises(StoreLockedError, match="another process has the Milvus Lite database"):
             CatalogStore(uri=milvus_uri, collection="imgs", dim=4, model_id="m1")
         assert time.monotonic() - started < 30  # fails fast, no hang
+
+
+def test_compose_file_pins_official_images() -> None:
+    """deploy/docker-compose.yml (not runnable here: no Docker): every image is pinned and the
+    server it starts is the one the README points MMSEARCH_MILVUS_URI at."""
+    import yaml
+
+    repo = Path(__file__).resolve().parent.parent
+    compose = yaml.safe_load((repo / "deploy" / "docker-compose.yml").read_text())
+    images = {name: svc["image"] for name, svc in compose["services"].items()}
+    assert set(images) == {"etcd", "minio", "milvus"}
+    assert images["milvus"].startswith("milvusdb/milvus:v2.5.")  # 2.5+: nullable fields, BM25
+    assert all(":" in i and not i.endswith(":latest") for i in images.values()), images
+    assert "19530:19530" in compose["services"]["milvus"]["ports"]
+    readme = (repo / "README.md").read_text()
+    assert "MMSEARCH_MILVUS_URI=http://localhost:19530" in readme
+    assert "deploy/docker-compose.yml" in readme
+
+
+def test_cli_says_once_when_lite_outgrows_itself(
+    catalog, clean_env: Path, tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`stats` and `ingest` print one note line (stderr) past LITE_COMFORT_ROWS; --json stays
+    one JSON document on stdout."""
+    import json
+
+    from typer.testing import CliRunner
+
+    from rag.app.cli import app
+
+    store, folder, _ = catalog  # 12 rows
+    store.close()
+    monkeypatch.setenv("MMSEARCH_MILVUS_URI", store.uri)
+    monkeypatch.setenv("MMSEARCH_EMBED_MODEL", str(tiny_embed_dir))
+    runner = CliRunner()
+    quiet = runner.invoke(app, ["stats", "--json"])
+    assert quiet.exit_code == 0 and "note:" not in quiet.stderr
+    monkeypatch.setattr("rag.store.milvus.LITE_COMFORT_ROWS", 10)
+    for args in (["stats", "--json"], ["ingest", str(folder), "--json"]):
+        res = runner.invoke(app, args)
+        assert res.exit_code == 0, res.output
+        assert isinstance(json.loads(res.stdout), dict)
+        notes = [line for line in res.stderr.splitlines() if line.startswith("note:")]
+        assert len(notes) == 1 and "Milvus server" in notes[0], res.stderr

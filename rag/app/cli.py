@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from typing import Any
 
@@ -35,6 +36,18 @@ def _echo_json(obj: Any) -> None:
     typer.echo(json.dumps(obj, indent=2, ensure_ascii=False, default=str))
 
 
+_NOISY_LOGGERS = (
+    "pymilvus.decorators",
+    "pymilvus.client.connection_manager",
+    "pymilvus.client.grpc_handler",
+    "pymilvus.milvus_client.milvus_client",
+)
+
+
+def _drop_record(record: logging.LogRecord) -> bool:
+    return False
+
+
 @app.callback()
 def _root(
     verbose: bool = typer.Option(False, "--verbose", "-v", help="Log debug details to stderr."),
@@ -53,6 +66,10 @@ def _quiet_libraries() -> None:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in ("pymilvus", "milvus_lite", "grpc"):
             logging.getLogger(name).setLevel(logging.CRITICAL)
+        # pymilvus' import re-configures its loggers (dictConfig resets their levels), but
+        # keeps filters: the loggers that write those lines get one that drops everything.
+        for name in _NOISY_LOGGERS:
+            logging.getLogger(name).addFilter(_drop_record)
 
 
 @app.command()
@@ -60,10 +77,13 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="Print the stats as JSON."),
 ) -> None:
     """Show the collection: rows, dimension, embedding model, index, URI."""
-    from rag.store.milvus import collection_info
+    from rag.store.milvus import collection_info, lite_scale_note
 
     s = _settings()
     info = collection_info(s.milvus_uri, s.milvus_token_value, s.collection).to_dict()
+    note = lite_scale_note(s.milvus_uri, info["rows"])
+    if note:  # stderr: --json output stays one JSON document
+        typer.echo(note, err=True)
     if as_json:
         _echo_json(info)
         return
@@ -134,6 +154,14 @@ def ingest(
         help="Catalog fields searched as text (BM25), comma-separated "
         "(default: the collection's, title,description for a new one).",
     ),
+    ray: str | None = typer.Option(
+        None,
+        "--ray",
+        metavar="[ADDRESS]",
+        help="Run on Ray Data (pip install 'mmsearch[distributed]'). ADDRESS: auto, local, "
+        "ray://head:10001 or host:6379; alone: a running local cluster or RAY_ADDRESS, else a "
+        "new local one.",
+    ),
 ) -> None:
     """Index images: embed them with Visualized BGE and store them in Milvus (idempotent)."""
     from ingestion.service import ingest_items, list_items
@@ -141,6 +169,16 @@ def ingest(
 
     s = _settings(embed_batch_size=batch_size)
     fields = parse_text_fields(text_fields) if text_fields is not None else None
+    options = None
+    if ray is not None:
+        import os
+
+        # gRPC's C core logs an INFO line per fork once Ray starts worker processes.
+        os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+        from ingestion.distributed import RayOptions, import_ray
+
+        import_ray()  # a missing extra fails in one line, before any work
+        options = RayOptions(address=ray or None)
     items = list_items(paths)  # bad paths fail before the model loads
     with _progress_bar("ingest") as bar:
         done = ingest_items(
@@ -150,6 +188,7 @@ def ingest(
             prune=prune,
             progress=_ingest_progress(bar, "ingest"),
             text_fields=fields,
+            ray=options,
         )
     data = done.report.to_dict()
     if as_json:
@@ -163,6 +202,11 @@ def ingest(
         )
         for fail in data["failed"]:
             typer.echo(f"  skipped {fail['path']}: {fail['error']}", err=True)
+    from rag.store.milvus import lite_scale_note
+
+    note = lite_scale_note(s.milvus_uri, done.rows)
+    if note:
+        typer.echo(note, err=True)
     if strict and data["failed"]:
         raise typer.Exit(1)
 
@@ -491,10 +535,24 @@ def demo(
     )
 
 
+_RAY_ADDRESS = re.compile(r"^(auto|local|ray://\S+|[\w.-]+:\d+)$")
+
+
+def _ray_flag(argv: list[str]) -> list[str]:
+    """`--ray` takes an optional ADDRESS: alone (or before a path or another option) it stands
+    for Ray's default address, spelled ``--ray=`` for the parser."""
+    out = []
+    for i, arg in enumerate(argv):
+        nxt = argv[i + 1] if i + 1 < len(argv) else None
+        out.append("--ray=" if arg == "--ray" and not (nxt and _RAY_ADDRESS.match(nxt)) else arg)
+    return out
+
+
 def main() -> None:
     """Console-script entry point."""
     try:
-        app()  # standalone: click handles usage errors (exit 2) and Ctrl-C itself
+        # standalone: click handles usage errors (exit 2) and Ctrl-C itself
+        app(args=_ray_flag(sys.argv[1:]))
     except MMSearchError as e:
         typer.echo(f"error: {e}", err=True)
         sys.exit(1)

@@ -8,13 +8,13 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 VLMBackendName = Literal["phi3v", "hf", "openai"]
-IndexTypeName = Literal["FLAT", "HNSW"]
+IndexTypeName = Literal["AUTO", "FLAT", "HNSW"]
 
 
 class Settings(BaseSettings):
@@ -37,7 +37,9 @@ class Settings(BaseSettings):
     )
     collection: str = Field(default="mmsearch_images", description="Milvus collection name.")
     index_type: IndexTypeName = Field(
-        default="FLAT", description="Vector index for new collections: FLAT (exact) or HNSW."
+        default="AUTO",
+        description="Vector index for new collections: AUTO (FLAT on Milvus Lite, HNSW on a "
+        "server), FLAT (exact) or HNSW.",
     )
     embed_model: str = Field(
         default="base",
@@ -127,9 +129,9 @@ class Settings(BaseSettings):
         mode="before",
     )
     @classmethod
-    def _normalise_case(cls, v: object) -> object:
+    def _normalise_case(cls, v: object, info: ValidationInfo) -> object:
         if isinstance(v, str):
-            return v.upper() if v.upper() in ("FLAT", "HNSW") else v.lower()
+            return v.upper() if info.field_name == "index_type" else v.lower()
         return v
 
     @property

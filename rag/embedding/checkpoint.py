@@ -210,3 +210,25 @@ def load_model_dir(
         )
     logger.info("loaded %s (%s) on %s/%s", spec.model_id, spec.variant, dev, dt)
     return model, tokenizer, spec
+
+
+def read_model_facts(model_dir: Path) -> tuple[str, int, int]:
+    """(model id, embedding dimension, image size) of a model directory, read from its JSON
+    files without loading any weights (a Ray driver needs them; its workers load the model)."""
+    from transformers import AutoConfig
+
+    model_dir = Path(model_dir)
+    if not model_dir.is_dir():
+        raise ModelLoadError(
+            f"model directory {model_dir} does not exist; run `mmsearch models pull base` "
+            "or set MMSEARCH_EMBED_MODEL to a local model directory"
+        )
+    spec = ModelDirSpec.read(model_dir)
+    try:
+        config = AutoConfig.from_pretrained(model_dir / spec.text_model_dir, local_files_only=True)
+    except (OSError, ValueError) as e:
+        raise ModelLoadError(
+            f"text model folder {model_dir / spec.text_model_dir} is missing or incomplete: "
+            f"{str(e).splitlines()[0][:200]}"
+        ) from e
+    return spec.model_id, int(config.hidden_size), int(spec.vision.image_size)

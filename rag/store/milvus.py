@@ -9,12 +9,13 @@ vectors), and a reopened collection is loaded before use (Milvus Lite reopens it
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Iterator, Sequence
+import time
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
-from rag.errors import ConfigError, StoreError, StoreLockedError, StoreMismatchError
+from rag.errors import ConfigError, MMSearchError, StoreError, StoreLockedError, StoreMismatchError
 from rag.store.expr import quote
 from rag.store.schema import (
     BM25_FUNCTION,
@@ -44,8 +45,20 @@ if TYPE_CHECKING:
 
 logger = logging.getLogger(__name__)
 
-INDEX_TYPES = ("FLAT", "HNSW")
+INDEX_TYPES = ("AUTO", "FLAT", "HNSW")
+# HNSW's search breadth. A server's default is the top k (ef 9): recall@9 ~0.7 in
+# benchmarks/scale.py; 128 reached 0.99-1.0 at 10k-30k rows in Milvus Lite at the same latency
+# (its per-row Python work dominates, not the graph walk).
+HNSW_SEARCH_EF = 128
+# Milvus Lite 3.x searches every stored row in Python on each query (benchmarks/scale.py,
+# FLAT top-9 p50: 37 ms at 10k rows, 123 ms at 30k, 389 ms at 100k on a loaded 2-core VM):
+# past ~20k rows (where p50 crosses ~100 ms, interpolated, rounded down) a server is the fix.
+LITE_COMFORT_ROWS = 20_000
 _QUERY_CHUNK = 500
+# Waits before retrying a call whose server connection was lost: a restarting server has a few
+# seconds to come back (gRPC itself backs off ~1 s before reconnecting).
+RECONNECT_WAITS_S: tuple[float, ...] = (0.5, 1.0, 2.0)
+T = TypeVar("T")
 
 
 @dataclass(frozen=True)
@@ -68,19 +81,35 @@ class CollectionInfo:
 
 
 def is_lite_uri(uri: str) -> bool:
-    """Milvus Lite is addressed by a local path; servers by http(s)/tcp/unix URIs."""
-    return "://" not in uri
+    """Milvus Lite is addressed by a local path; servers by http(s)/tcp URIs or a unix socket
+    (``unix:/abs/path.sock``, ``unix:///abs/path.sock``)."""
+    return "://" not in uri and not uri.lower().startswith("unix:")
 
 
-def _caused_by_lock(exc: BaseException) -> bool:
+def _check_server_uri(uri: str) -> None:
+    """``unix://tmp/x.sock`` reads as host ``tmp`` to gRPC: say which spellings work."""
+    if uri.lower().startswith("unix://") and not uri.lower().startswith("unix:///"):
+        raise StoreError(
+            f"Milvus URI {uri!r} is not a socket path gRPC understands; write the absolute "
+            "path as unix:/path/to/milvus.sock or unix:///path/to/milvus.sock"
+        )
+
+
+def _causes(exc: BaseException) -> Iterable[BaseException]:
+    """``exc`` and what caused it; bounded, because pymilvus chains errors to themselves."""
     seen: BaseException | None = exc
     for _ in range(10):
         if seen is None:
-            return False
-        if type(seen).__name__ == "DataDirLockedError" or "holds the lock" in str(seen):
-            return True
-        seen = seen.__cause__ or seen.__context__
-    return False
+            return
+        yield seen
+        nxt = seen.__cause__ or seen.__context__
+        seen = None if nxt is seen else nxt
+
+
+def _caused_by_lock(exc: BaseException) -> bool:
+    return any(
+        type(e).__name__ == "DataDirLockedError" or "holds the lock" in str(e) for e in _causes(exc)
+    )
 
 
 def connect(uri: str, token: str = "", *, timeout_s: float = 10.0) -> MilvusClient:
@@ -99,6 +128,8 @@ def connect(uri: str, token: str = "", *, timeout_s: float = 10.0) -> MilvusClie
         except OSError as e:
             raise StoreError(f"cannot create the folder for Milvus Lite file {uri!r}: {e}") from e
         uri = str(path)
+    else:
+        _check_server_uri(uri)
     try:
         return MilvusClient(uri=uri, token=token, timeout=timeout_s)
     except Exception as e:  # pymilvus raises several unrelated types here
@@ -148,10 +179,70 @@ def release_lite(uri: str) -> None:
     server_manager_instance.release_server(str(Path(uri).expanduser()))
 
 
+def call_with_reconnect(where: str, action: str, fn: Callable[[], T]) -> T:
+    """Run one client call. A lost server connection is retried for a few seconds (a
+    restarting server; pymilvus reconnects by itself once it is back; the store's calls are
+    idempotent); whatever is still raised becomes one StoreError line naming ``where``."""
+    for wait in (*RECONNECT_WAITS_S, None):
+        try:
+            return fn()
+        except MMSearchError:
+            raise
+        except Exception as e:
+            if wait is None or not connection_lost(e):
+                raise StoreError(f"cannot {action} in {where}: {short_error(e)}") from e
+            logger.info("Milvus unreachable (%s); retrying in %.1fs", where, wait)
+            time.sleep(wait)
+    raise AssertionError("unreachable")  # the loop returns or raises
+
+
+def resolve_index_type(index_type: str, uri: str) -> str:
+    """``AUTO``: FLAT on Milvus Lite (exact, no index build after each ingest, fast enough up to
+    :data:`LITE_COMFORT_ROWS`), HNSW on a server (FLAT's cost grows with every row)."""
+    kind = index_type.upper()
+    if kind not in INDEX_TYPES:
+        raise StoreError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+    if kind == "AUTO":
+        return "FLAT" if is_lite_uri(uri) else "HNSW"
+    return kind
+
+
+def lite_scale_note(uri: str, rows: int) -> str | None:
+    """One line for a Milvus Lite collection grown past where its search stays quick."""
+    if not is_lite_uri(uri) or rows <= LITE_COMFORT_ROWS:
+        return None
+    return (
+        f"note: {rows:,} rows in Milvus Lite, which searches every row in Python on each query "
+        f"(measured top-9 p50 ~120 ms at 30k rows, ~390 ms at 100k); beyond "
+        f"{LITE_COMFORT_ROWS:,} rows use a Milvus server (README, 'Scale')"
+    )
+
+
+def connection_lost(e: BaseException) -> bool:
+    """Whether ``e`` says the server could not be reached (as opposed to a refused request)."""
+    for err in _causes(e):
+        code = getattr(err, "code", None)
+        name = getattr(code(), "name", "") if callable(code) else ""
+        if name == "UNAVAILABLE" or "Fail connecting to server" in short_error(err):
+            return True
+    return False
+
+
 def short_error(e: BaseException) -> str:
+    """One line for any error pymilvus lets through: a MilvusException (whose ``str`` is a
+    repr), a raw gRPC error (``code()`` + ``details()``, e.g. a call a server does not
+    implement), or anything else."""
     message = getattr(e, "message", None)  # MilvusException's str() is a repr
     if isinstance(message, str) and message.strip():
         return message.strip().splitlines()[0][:300]
+    code, details = getattr(e, "code", None), getattr(e, "details", None)
+    if callable(code) and callable(details):  # grpc.RpcError
+        try:
+            name = getattr(code(), "name", str(code()))
+            lines = str(details() or "").strip().splitlines()
+            return f"{name}: {lines[0] if lines else 'no details'}"[:300]
+        except Exception:  # a half-initialised RpcError: fall through to its text
+            logger.debug("unreadable gRPC error", exc_info=True)
     text = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
     return text[:300]
 
@@ -165,7 +256,8 @@ class CatalogStore:
         collection: collection name.
         dim: embedding dimension; required to create the collection.
         model_id: embedding model id recorded with (and checked against) the collection.
-        index_type: ``FLAT`` (exact) or ``HNSW`` for new collections.
+        index_type: ``FLAT`` (exact), ``HNSW`` or ``AUTO`` (:func:`resolve_index_type`) for new
+            collections.
         create: create the collection when it does not exist.
         text_index: give a new collection the BM25 text index (catalog text -> sparse vector
             by Milvus' built-in function); keyword and hybrid search need it.
@@ -192,9 +284,7 @@ class CatalogStore:
             raise StoreError(
                 f"collection name {collection!r} is invalid: use letters, digits and '_'"
             )
-        index_type = index_type.upper()
-        if index_type not in INDEX_TYPES:
-            raise StoreError(f"index_type must be one of {INDEX_TYPES}, got {index_type!r}")
+        index_type = resolve_index_type(index_type, uri)
         if dim is not None and dim <= 0:
             raise StoreError(f"dim must be > 0, got {dim}")
         self.uri = uri
@@ -205,24 +295,83 @@ class CatalogStore:
         self._vector_store: CatalogVectorStore | None = None
         self._desc: dict[str, Any] = {}
         try:
-            names = self._client.list_collections()
+            self._open(dim, model_id, create, text_index, parse_text_fields(text_fields))
         except Exception as e:
-            raise StoreError(f"cannot list collections at {uri!r}: {short_error(e)}") from e
-        if _reindex_leftovers(collection, names):
+            if client is None:  # ours: free the connection (and a Lite file's lock)
+                self.close()
+            if isinstance(e, MMSearchError):
+                raise
+            # Whatever else the client raises (MilvusException, a raw gRPC error for a call
+            # the server does not implement) becomes one line.
+            raise StoreError(
+                f"cannot open collection {collection!r} at {uri!r}: {short_error(e)}"
+            ) from e
+
+    def _collection_names(self) -> list[str]:
+        try:
+            return list(self._client.list_collections())
+        except Exception as e:
+            raise StoreError(f"cannot list collections at {self.uri!r}: {short_error(e)}") from e
+
+    def _open(
+        self,
+        dim: int | None,
+        model_id: str | None,
+        create: bool,
+        text_index: bool,
+        text_fields: tuple[str, ...],
+    ) -> None:
+        names = self._collection_names()
+        if _reindex_leftovers(self.collection, names):
             from rag.store.reindex import recover_interrupted_reindex
 
-            recover_interrupted_reindex(self._client, collection)
-            names = self._client.list_collections()
-        if collection in names:
+            recover_interrupted_reindex(self._client, self.collection)
+            names = self._collection_names()
+        if self.collection in names:
             self._check_compatible(dim, model_id)
             self._ensure_loaded()
         elif not create or dim is None or model_id is None:
             raise StoreError(
-                f"collection {collection!r} does not exist at {uri!r}; ingest images first "
-                "(mmsearch ingest PATH)"
+                f"collection {self.collection!r} does not exist at {self.uri!r}; ingest images "
+                "first (mmsearch ingest PATH)"
             )
         else:
-            self._create(dim, model_id, text_index, parse_text_fields(text_fields))
+            try:
+                self._create(dim, model_id, text_index, text_fields)
+            except Exception as e:
+                self._drop_half_created()
+                raise StoreError(self._creation_problem(e, text_index)) from e
+
+    def _drop_half_created(self) -> None:
+        """A failed creation can leave a collection behind (a server that refuses the index
+        still creates the collection): drop it, so the next run does not find a collection
+        without the model record and refuse it as foreign."""
+        try:
+            if self._client.has_collection(self.collection):
+                self._client.drop_collection(self.collection)
+        except Exception:  # the server is gone: nothing more we can clean up
+            logger.debug("could not drop half-created %s", self.collection, exc_info=True)
+
+    def _creation_problem(self, e: Exception, text_index: bool) -> str:
+        """One line saying why the server refused the collection, and what to do."""
+        what = short_error(e)
+        head = f"Milvus at {self.uri!r} refused to create collection {self.collection!r}"
+        if isinstance(e, MMSearchError):
+            return str(e)
+        if "nullable" in what.lower():
+            return (
+                f"{head} ({what}): mmsearch's schema needs nullable scalar fields, which "
+                "need Milvus 2.5 or newer (a Milvus server, or the default Milvus Lite 3.x)"
+            )
+        if "index" in what.lower() and self._index_type in what:
+            return f"{head} ({what}): set MMSEARCH_INDEX_TYPE to another index, e.g. FLAT"
+        if "UNIMPLEMENTED" in what:
+            return (
+                f"{head} ({what}): the server cannot store collection properties, where "
+                "mmsearch records the embedding model; use Milvus 2.5 or newer"
+            )
+        hint = " (BM25 text search needs Milvus 2.5 or newer)" if text_index else ""
+        return f"{head}: {what}{hint}"
 
     # -- creation and checks -------------------------------------------------------------
     def _schema(self, dim: int, text_index: bool) -> Any:
@@ -265,19 +414,12 @@ class CatalogStore:
         if text_index:
             properties[PROP_TEXT_FIELDS] = ",".join(text_fields)
         try:
-            try:
-                self._create_collection(schema, properties, scalar_indexes=True)
-            except Exception:
-                # Some deployments reject scalar INVERTED indexes; the vector index matters.
-                if c.has_collection(self.collection):
-                    raise
-                self._create_collection(schema, properties, scalar_indexes=False)
-        except Exception as e:
-            hint = " (BM25 text search needs Milvus 2.5 or newer)" if text_index else ""
-            raise StoreError(
-                f"cannot create collection {self.collection!r} at {self.uri!r}: "
-                f"{short_error(e)}{hint}"
-            ) from e
+            self._create_collection(schema, properties, scalar_indexes=True)
+        except Exception:
+            # Some deployments reject scalar INVERTED indexes; the vector index matters.
+            if c.has_collection(self.collection):
+                raise
+            self._create_collection(schema, properties, scalar_indexes=False)
         props = self._describe().get("properties", {})
         if PROP_MODEL not in props:
             # Older servers ignore properties at creation time.
@@ -425,6 +567,17 @@ class CatalogStore:
                 f"cannot load collection {self.collection!r} at {self.uri!r}: {short_error(e)}"
             ) from e
 
+    def _search_params(self) -> dict[str, Any]:
+        """IP, and for an HNSW collection a search breadth (:data:`HNSW_SEARCH_EF`)."""
+        try:
+            kind = self._client.describe_index(self.collection, EMBEDDING_FIELD).get("index_type")
+        except Exception:  # an index-less foreign collection: the engine's defaults
+            logger.debug("no index description for %s", self.collection, exc_info=True)
+            kind = None
+        if kind == "HNSW":
+            return {"metric_type": "IP", "params": {"ef": HNSW_SEARCH_EF}}
+        return {"metric_type": "IP"}
+
     # -- LlamaIndex --------------------------------------------------------------------
     @property
     def client(self) -> MilvusClient:
@@ -442,26 +595,33 @@ class CatalogStore:
                 collection_name=self.collection,
                 text_search=self.has_text_index,
                 has_text=props.get(PROP_HAS_TEXT) == "true",
+                search_params=self._search_params(),
             )
         return self._vector_store
 
     # -- row helpers used by ingestion and stats ------------------------------------------
+    def call(self, action: str, fn: Callable[[], T]) -> T:
+        """Run one client call for ``action`` (see :func:`call_with_reconnect`)."""
+        return call_with_reconnect(f"collection {self.collection!r} at {self.uri!r}", action, fn)
+
     def count(self) -> int:
         """Number of rows (exact, strong consistency)."""
-        try:
-            res = self._client.query(self.collection, filter="", output_fields=["count(*)"])
-            return int(res[0]["count(*)"])
-        except Exception as e:
-            raise StoreError(f"cannot count rows in {self.collection!r}: {short_error(e)}") from e
+        res = self.call(
+            "count rows",
+            lambda: self._client.query(self.collection, filter="", output_fields=["count(*)"]),
+        )
+        return int(res[0]["count(*)"])
 
     def rows_by_key(self, keys: Sequence[str]) -> dict[str, list[str]]:
         """Map item_key -> ids of rows stored for it."""
         out: dict[str, list[str]] = {}
         for chunk in _chunks(list(dict.fromkeys(keys)), _QUERY_CHUNK):
-            res = self._client.query(
-                self.collection,
-                filter=f"item_key in [{', '.join(quote(k) for k in chunk)}]",
-                output_fields=[ID_FIELD, "item_key"],
+            expr = f"item_key in [{', '.join(quote(k) for k in chunk)}]"
+            res = self.call(
+                "look up rows",
+                lambda expr=expr: self._client.query(  # type: ignore[misc]
+                    self.collection, filter=expr, output_fields=[ID_FIELD, "item_key"]
+                ),
             )
             for row in res:
                 out.setdefault(row["item_key"], []).append(row[ID_FIELD])
@@ -469,6 +629,9 @@ class CatalogStore:
 
     def keys_for_source(self, source: str) -> dict[str, list[str]]:
         """Map item_key -> ids for every row ingested from ``source``."""
+        return self.call("list the rows of a source", lambda: self._keys_for_source(source))
+
+    def _keys_for_source(self, source: str) -> dict[str, list[str]]:
         out: dict[str, list[str]] = {}
         it = self._client.query_iterator(
             self.collection,
@@ -504,17 +667,15 @@ class CatalogStore:
     def flush(self) -> None:
         """Seal what was written. Milvus Lite searches unsealed rows by brute force in Python:
         measured here at 10k rows, ~800 ms per search before a flush, ~20 ms after."""
-        try:
-            self._client.flush(self.collection)
-        except Exception as e:
-            raise StoreError(
-                f"cannot flush collection {self.collection!r}: {short_error(e)}"
-            ) from e
+        self.call("flush rows", lambda: self._client.flush(self.collection))
 
     def delete_ids(self, ids: Iterable[str]) -> int:
         ids = list(ids)
         for chunk in _chunks(ids, _QUERY_CHUNK):
-            self._client.delete(self.collection, ids=chunk)
+            self.call(
+                "delete rows",
+                lambda chunk=chunk: self._client.delete(self.collection, ids=chunk),  # type: ignore[misc]
+            )
         return len(ids)
 
     def info(self) -> CollectionInfo:

@@ -64,6 +64,7 @@ class CatalogVectorStore(BasePydanticVectorStore):
         hybrid_ranker: ``RRFRanker`` or ``WeightedRanker`` (names as in ``MilvusVectorStore``).
         hybrid_ranker_params: ``{"k": 60}`` for RRF, ``{"weights": [dense, bm25]}`` for
             weighted.
+        search_params: dense search parameters (default: the IP metric).
     """
 
     stores_text: bool = True
@@ -80,6 +81,10 @@ class CatalogVectorStore(BasePydanticVectorStore):
         default_factory=dict,
         description='{"k": 60} for RRFRanker, {"weights": [dense, bm25]} for WeightedRanker.',
     )
+    search_params: dict[str, Any] = Field(
+        default_factory=lambda: {"metric_type": "IP"},
+        description="Dense search parameters (metric; an HNSW collection adds its ef).",
+    )
 
     _client: Any = PrivateAttr()
     _has_text: bool = PrivateAttr(default=False)
@@ -94,6 +99,7 @@ class CatalogVectorStore(BasePydanticVectorStore):
         has_text: bool | None = None,
         hybrid_ranker: str = "RRFRanker",
         hybrid_ranker_params: dict[str, Any] | None = None,
+        search_params: dict[str, Any] | None = None,
     ) -> None:
         desc: dict[str, Any] = {}
         if text_search is None or has_text is None:
@@ -108,6 +114,7 @@ class CatalogVectorStore(BasePydanticVectorStore):
             collection_name=collection_name,
             batch_size=batch_size,
             text_search=text_search,
+            search_params=search_params or {"metric_type": "IP"},
         )
         self._client = client
         self._has_text = (
@@ -233,7 +240,7 @@ class CatalogVectorStore(BasePydanticVectorStore):
             filter=expr,
             limit=query.similarity_top_k,
             output_fields=NODE_FIELDS,
-            search_params={"metric_type": "IP"},
+            search_params=self.search_params,
         )[0]
         return self._result(hits)
 
@@ -284,7 +291,7 @@ class CatalogVectorStore(BasePydanticVectorStore):
             AnnSearchRequest(
                 data=[list(query.query_embedding)],
                 anns_field=EMBEDDING_FIELD,
-                param={"metric_type": "IP"},
+                param=dict(self.search_params),
                 limit=query.similarity_top_k,
                 expr=expr,
             ),
