@@ -10,7 +10,7 @@ PY     := $(VENV)/bin/python
 TORCH_SPEC ?= torch==2.14.1 torchvision==0.29.1
 STAMP  := $(VENV)/.installed
 
-.PHONY: run test lint bench install clean
+.PHONY: run test lint bench bench-gpu install clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -46,6 +46,10 @@ test: lint $(FE_SDIST) $(CPP_MILVUS)
 
 bench: $(STAMP)
 	$(PY) -m benchmarks
+
+# The GPU numbers in one command (on a machine without CUDA it says so and exits 0).
+bench-gpu: $(STAMP)
+	$(PY) -m benchmarks gpu
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

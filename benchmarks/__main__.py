@@ -1,15 +1,27 @@
-"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` with NAME one of embedding, hybrid,
-ingestion, query, rerank, serve, scale, distributed (all by default; gpu too once it exists);
-each writes benchmarks/results/<name>.json."""
+"""Run the benchmarks: ``python -m benchmarks [NAME ...]`` with NAME one of embedding, dtype,
+hybrid, ingestion, query, rerank, serve, scale, distributed, gpu (all by default); each writes
+benchmarks/results/<name>.json (gpu only on a CUDA machine: elsewhere it says so and exits 0)."""
 
 from __future__ import annotations
 
 import sys
 
-from benchmarks import distributed, embedding, hybrid, ingestion, query, rerank, scale, serve
+from benchmarks import (
+    distributed,
+    dtype,
+    embedding,
+    gpu,
+    hybrid,
+    ingestion,
+    query,
+    rerank,
+    scale,
+    serve,
+)
 
 ALL = {
     "embedding": embedding.run,
+    "dtype": dtype.run,
     "hybrid": hybrid.run,
     "ingestion": ingestion.run,
     "query": query.run,
@@ -17,6 +29,7 @@ ALL = {
     "serve": serve.run,
     "scale": scale.run,
     "distributed": distributed.run,
+    "gpu": gpu.run,
 }
 
 

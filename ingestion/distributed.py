@@ -192,7 +192,8 @@ def decode_batch(
     batch: dict[str, np.ndarray], size: int, cache_dir: str, allow_private: bool = False
 ) -> dict[str, np.ndarray]:
     """Stage 3 on a CPU worker: :func:`ingestion.pipeline.decode` per row, pixels as a tensor
-    column (zeros for a row that failed, which keeps its reason in ``error``)."""
+    column (uint8, normalised on the embedding actor's device; zeros for a row that failed,
+    which keeps its reason in ``error``)."""
     rows, pixels = [], []
     for row in _rows(batch):
         fp = _fingerprint_of(row)
@@ -200,7 +201,7 @@ def decode_batch(
             # another node fetched it: fetch (or reuse) this node's copy
             local = fetch(fp.item.image, Path(cache_dir), allow_private=allow_private)
             fp = replace(fp, local_path=str(local))
-        px = np.zeros((3, size, size), dtype=np.float32)
+        px = np.zeros((3, size, size), dtype=np.uint8)
         error = ""
         try:
             fp, tensor = decode(fp, size)
@@ -472,7 +473,7 @@ def _embedded(ray: Any, todo: list[Fingerprint], job: _Job) -> Any:
         # Room for a batch of pixels (twice, while stacking). Ray Data fuses consecutive stages
         # with equal resource requests; this one differs from the embedding actors', so
         # decoding stays on its own CPU tasks instead of running inside the actors.
-        memory=2 * job.batch_size * 3 * job.image_size**2 * 4,
+        memory=2 * job.batch_size * 3 * job.image_size**2,
     )
     ds = ds.map_batches(
         Embedder,
@@ -547,7 +548,7 @@ def ingest_on_ray(
     token: str = "",
     device: str = "auto",
     dtype: str = "auto",
-    batch_size: int = 16,
+    batch_size: int | None = None,
     cache_dir: Path | None = None,
     options: RayOptions | None = None,
     progress: Progress | None = None,
@@ -565,7 +566,8 @@ def ingest_on_ray(
         model_dir: the embedding model directory; the same path must exist on every node.
         token: the server token for the workers ('' for none).
         device, dtype: for the embedding actors (``auto``: a GPU actor uses its GPU).
-        batch_size: images per decode task and per forward pass.
+        batch_size: images per decode task and per forward pass (None: 64 on a cluster with
+            GPUs, 16 otherwise, as :func:`rag.embedding.multimodal.default_batch_size`).
         cache_dir: where URL images are cached (on each node).
         options: the cluster and the actor pool (:class:`RayOptions`).
         progress: called with (done, total) as items finish.
@@ -575,7 +577,7 @@ def ingest_on_ray(
     """
     from rag.embedding.checkpoint import read_model_facts
 
-    if batch_size < 1:
+    if batch_size is not None and batch_size < 1:
         raise ConfigError(f"batch_size must be > 0, got {batch_size}")
     started = time.perf_counter()
     options = options or RayOptions()
@@ -590,7 +592,7 @@ def ingest_on_ray(
         image_size=size,
         device=device,
         dtype=dtype,
-        batch_size=batch_size,
+        batch_size=batch_size or 16,
         cache_dir=cache_dir,
         options=options,
         text_fields=tuple(text_fields),
@@ -602,12 +604,17 @@ def ingest_on_ray(
     counter.add(len(report.failed))
     with ray_session(options.address) as ray:
         _quiet_data_context(ray)
+        if batch_size is None:
+            from rag.embedding.multimodal import default_batch_size
+
+            gpus = ray.cluster_resources().get("GPU", 0)
+            job = replace(job, batch_size=default_batch_size("cuda" if gpus else "cpu"))
         try:
             prints = _fingerprints(
                 ray,
                 list(unique.values()),
                 cache_dir,
-                batch_size,
+                job.batch_size,
                 report,
                 counter,
                 allow_private=allow_private_urls,

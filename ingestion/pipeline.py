@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 from ingestion.sources import CatalogItem
 from rag.core.fetch import fetch
 from rag.core.images import content_sha256, load_image, read_bytes
-from rag.embedding.preprocess import preprocess
+from rag.embedding.preprocess import preprocess_uint8
 from rag.errors import ConfigError, InputImageError, MMSearchError
 from rag.store.schema import DEFAULT_TEXT_FIELDS
 from rag.store.text import catalog_text, parse_text_fields
@@ -112,14 +112,14 @@ def fingerprint(item: CatalogItem, cache_dir: Path, *, allow_private: bool = Fal
 
 
 def decode(fp: Fingerprint, size: int) -> tuple[Fingerprint, Any]:
-    """Stage 2: read, decode and preprocess; an image changed since stage 1 gets the id of
-    what was actually decoded."""
+    """Stage 2: read, decode, resize and crop to uint8 pixels (normalised later, on the
+    model's device); an image changed since stage 1 gets the id of what was actually decoded."""
     data = read_bytes(fp.local_path)
     sha = content_sha256(data)
     if sha != fp.sha:  # changed since stage 1: index what we actually decoded
         fp = Fingerprint(fp.item, fp.local_path, sha, row_id(fp.item.key, sha))
     img = load_image(data, name=fp.item.image)
-    return fp, preprocess(img, size)
+    return fp, preprocess_uint8(img, size)
 
 
 def image_node(

@@ -87,7 +87,7 @@ def ingest_items(
         report = Ingestor(
             embedding=embedding,
             store=store,
-            batch_size=settings.embed_batch_size,
+            batch_size=embedding.embed_batch_size,
             workers=workers,
             cache_dir=settings.data_dir / "cache" / "urls",
             progress=progress,

@@ -28,7 +28,11 @@ def build_embedding(settings: Settings | None = None) -> VisualizedBGEEmbedding:
     s = settings or load_settings()
     path = resolve_embed_model_dir(s.embed_model, s.models_dir)
     return VisualizedBGEEmbedding.from_local(
-        path, device=s.device, dtype=s.dtype, embed_batch_size=s.embed_batch_size
+        path,
+        device=s.device,
+        dtype=s.dtype,
+        embed_batch_size=s.embed_batch_size,
+        compile=s.compile,
     )
 
 

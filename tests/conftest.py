@@ -42,6 +42,9 @@ def run_cli(
     """Run the real `mmsearch` CLI in a subprocess."""
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("MMSEARCH_")}
     full_env["PYTHONPATH"] = str(REPO)
+    # fp32 everywhere unless a test asks: results then match the in-process fixtures exactly on
+    # every machine (dtype=auto picks bf16 on some CPUs; tests/test_dtype.py covers that).
+    full_env["MMSEARCH_DTYPE"] = "float32"
     full_env.update(env or {})
     return subprocess.run(
         [*MMSEARCH, *args],
@@ -73,7 +76,7 @@ def tiny_embed_dir(tiny_kit: Path) -> Path:
 def tiny_embedding(tiny_embed_dir: Path):
     from rag.embedding.multimodal import VisualizedBGEEmbedding
 
-    return VisualizedBGEEmbedding.from_local(tiny_embed_dir, device="cpu")
+    return VisualizedBGEEmbedding.from_local(tiny_embed_dir, device="cpu", dtype="float32")
 
 
 @pytest.fixture

@@ -112,7 +112,14 @@ def test_same_rows_as_local_bad_files_rerun_and_change(
     def both() -> tuple:
         items = list(catalog_items(cat))
         a = Ingestor(embedding=tiny_embedding, store=local, batch_size=3).run(items)
-        b = ingest_on_ray(items, store=on_ray, model_dir=tiny_embed_dir, batch_size=3, device="cpu")
+        b = ingest_on_ray(
+            items,
+            store=on_ray,
+            model_dir=tiny_embed_dir,
+            batch_size=3,
+            device="cpu",
+            dtype="float32",
+        )
         return a, b
 
     a, b = both()
@@ -152,7 +159,7 @@ def progress(done, total):
     if done >= int(kill_at):
         os.kill(os.getpid(), 9)
 items = list(folder_items(Path(folder)))
-ingest_on_ray(items, store=store, model_dir=Path(kit), batch_size=2, device="cpu",
+ingest_on_ray(items, store=store, model_dir=Path(kit), batch_size=2, device="cpu", dtype="float32",
               options=RayOptions(address=address), progress=progress)
 print("finished")
 """

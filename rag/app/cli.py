@@ -11,11 +11,14 @@ import json
 import logging
 import re
 import sys
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import typer
 
 from rag.errors import MMSearchError
+
+if TYPE_CHECKING:
+    from rag.core.settings import Settings
 
 app = typer.Typer(
     name="mmsearch",
@@ -76,11 +79,13 @@ def _quiet_libraries() -> None:
 def stats(
     as_json: bool = typer.Option(False, "--json", help="Print the stats as JSON."),
 ) -> None:
-    """Show the collection: rows, dimension, embedding model, index, URI."""
+    """Show the collection (rows, dimension, embedding model, index, URI) and the device and
+    dtype the embedding model would run in here, with why."""
     from rag.store.milvus import collection_info, lite_scale_note
 
     s = _settings()
     info = collection_info(s.milvus_uri, s.milvus_token_value, s.collection).to_dict()
+    info.update(_compute_facts(s))
     note = lite_scale_note(s.milvus_uri, info["rows"])
     if note:  # stderr: --json output stays one JSON document
         typer.echo(note, err=True)
@@ -97,6 +102,18 @@ def stats(
         typer.echo(f"{key:<11} {info[key]}")
     text = ",".join(info["text_fields"]) if info["text_index"] else "none (mmsearch reindex)"
     typer.echo(f"{'text_index':<11} {text}")
+    typer.echo(f"{'device':<11} {info['device']}")
+    typer.echo(f"{'dtype':<11} {info['dtype']} ({info['dtype_reason']})")
+
+
+def _compute_facts(s: Settings) -> dict[str, str]:
+    """The device and dtype the embedding model runs in on this machine, and why (no model
+    is loaded; the dtype may take a one-off micro-benchmark, cached per machine)."""
+    from rag.core.device import choose_dtype, resolve_device
+
+    device = resolve_device(s.device)
+    choice = choose_dtype(s.dtype, device)
+    return {"device": str(device), "dtype": choice.name, "dtype_reason": choice.reason}
 
 
 def _progress_bar(label: str) -> Any:

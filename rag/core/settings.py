@@ -51,8 +51,20 @@ class Settings(BaseSettings):
     )
     data_dir: Path = Field(default=Path("./data"), description="Downloaded data sets and caches.")
     device: DeviceName = Field(default="auto", description="auto = cuda > mps > cpu.")
-    dtype: DTypeName = Field(default="auto", description="auto = bf16/fp16 on GPU, fp32 on CPU.")
-    embed_batch_size: int = Field(default=16, ge=1, description="Images per embedding batch.")
+    dtype: DTypeName = Field(
+        default="auto",
+        description="auto = bf16 on CUDA (fp16 without bf16), fp16 on MPS, bf16 on a CPU with "
+        "native bf16 matrix support (AMX, or avx512_bf16 where a micro-benchmark says it is "
+        "faster), else fp32.",
+    )
+    embed_batch_size: int | None = Field(
+        default=None, ge=1, description="Images per embedding batch (unset: 64 on CUDA, else 16)."
+    )
+    compile: bool = Field(
+        default=False,
+        description="torch.compile the embedding model's layers (faster on a GPU after a "
+        "slow first batch).",
+    )
     top_k: int = Field(default=9, ge=1, le=1000, description="Candidates retrieved per query.")
     hybrid_ranker: Literal["rrf", "weighted"] = Field(
         default="rrf",

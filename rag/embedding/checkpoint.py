@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from rag.core.device import resolve_device, resolve_dtype
+from rag.core.device import DTypeChoice, choose_dtype, resolve_device
 from rag.embedding.model import VisionConfig, VisualizedBGE
 from rag.errors import ModelLoadError
 
@@ -169,9 +169,9 @@ def load_checkpoint(path: Path, model: VisualizedBGE) -> None:
 
 def load_model_dir(
     model_dir: Path, *, device: str = "auto", dtype: str = "auto"
-) -> tuple[VisualizedBGE, Any, ModelDirSpec]:
+) -> tuple[VisualizedBGE, Any, ModelDirSpec, DTypeChoice]:
     """Build the model from a local directory, load its checkpoint; returns (model, tokenizer,
-    spec). The model is in eval mode on the chosen device and dtype."""
+    spec, the dtype chosen and why). The model is in eval mode on the chosen device and dtype."""
     from transformers import AutoConfig, AutoTokenizer
 
     model_dir = Path(model_dir)
@@ -197,19 +197,26 @@ def load_model_dir(
             f"tokenizer files): {str(e).splitlines()[0][:200]}"
         ) from e
     dev = resolve_device(device)
-    dt = resolve_dtype(dtype, dev)
-    text_config._attn_implementation = "sdpa"
+    choice = choose_dtype(dtype, dev)
+    text_config._attn_implementation = "sdpa"  # fused attention (the tower's timm EVA uses it too)
     model = VisualizedBGE(text_config, spec.vision)
     load_checkpoint(ckpt, model)
-    model.eval().to(device=dev, dtype=dt)
+    model.eval().to(device=dev, dtype=choice.dtype)
     n_tokens = spec.vision.num_patches
     if n_tokens + 2 > model.max_positions:
         raise ModelLoadError(
             f"text model has {model.max_positions} positions, fewer than the {n_tokens} image "
             "tokens need"
         )
-    logger.info("loaded %s (%s) on %s/%s", spec.model_id, spec.variant, dev, dt)
-    return model, tokenizer, spec
+    logger.info(
+        "loaded %s (%s) on %s in %s: %s",
+        spec.model_id,
+        spec.variant,
+        dev,
+        choice.name,
+        choice.reason,
+    )
+    return model, tokenizer, spec, choice
 
 
 def read_model_facts(model_dir: Path) -> tuple[str, int, int]:

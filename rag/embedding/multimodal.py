@@ -18,7 +18,7 @@ from llama_index.core.embeddings import MultiModalEmbedding
 from pydantic import Field, PrivateAttr
 
 from rag.core.images import ImageInput, load_image
-from rag.embedding.preprocess import preprocess
+from rag.embedding.preprocess import normalize, preprocess_uint8
 from rag.errors import ConfigError
 
 logger = logging.getLogger(__name__)
@@ -33,19 +33,22 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
     Args:
         model_name: the model id recorded with the Milvus collection.
         embed_batch_size: items per forward pass.
-        device: the torch device the model runs on.
+        dtype_reason: why the model runs in its dtype (``mmsearch stats`` shows it).
     """
 
     model_name: str = Field(description="Model id (recorded with the collection).")
     device: str = Field(default="cpu", description="Torch device of the model.")
+    dtype: str = Field(default="float32", description="Torch dtype of the model.")
+    dtype_reason: str = Field(default="set by the caller", description="Why that dtype.")
 
     _model: Any = PrivateAttr()
     _tokenizer: Any = PrivateAttr()
     _lock: threading.Lock = PrivateAttr(default_factory=threading.Lock)
 
     def __init__(self, *, model: Any, tokenizer: Any, model_name: str, **kwargs: Any) -> None:
-        device = str(next(model.parameters()).device)
-        super().__init__(model_name=model_name, device=device, **kwargs)
+        param = next(model.parameters())
+        kwargs.setdefault("dtype", str(param.dtype).removeprefix("torch."))
+        super().__init__(model_name=model_name, device=str(param.device), **kwargs)
         self._model = model.eval()
         self._tokenizer = tokenizer
 
@@ -60,19 +63,27 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
         *,
         device: str = "auto",
         dtype: str = "auto",
-        embed_batch_size: int = 16,
+        embed_batch_size: int | None = None,
+        compile: bool = False,
     ) -> VisualizedBGEEmbedding:
-        """Load from a local model directory (see ``mmsearch models pull`` / README)."""
+        """Load from a local model directory (see ``mmsearch models pull`` / README).
+
+        ``embed_batch_size`` None: :func:`default_batch_size` of the device. ``compile``:
+        ``torch.compile`` each transformer layer (first batches slower while it compiles)."""
         from rag.embedding.checkpoint import load_model_dir
 
-        if embed_batch_size < 1:
+        if embed_batch_size is not None and embed_batch_size < 1:
             raise ConfigError(f"embed_batch_size must be > 0, got {embed_batch_size}")
-        model, tokenizer, spec = load_model_dir(Path(path), device=device, dtype=dtype)
+        model, tokenizer, spec, choice = load_model_dir(Path(path), device=device, dtype=dtype)
+        if compile:
+            compile_layers(model)
+        param = next(model.parameters())
         return cls(
             model=model,
             tokenizer=tokenizer,
             model_name=spec.model_id,
-            embed_batch_size=embed_batch_size,
+            embed_batch_size=embed_batch_size or default_batch_size(param.device.type),
+            dtype_reason=choice.reason,
         )
 
     # -- facts ------------------------------------------------------------------------
@@ -108,9 +119,17 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
         import torch
 
         size = self._model.vision_config.image_size
-        batch = torch.stack([preprocess(load_image(img), size) for img in images])
+        return torch.stack([preprocess_uint8(load_image(img), size) for img in images])
+
+    def _to_model(self, pixels: Any) -> Any:
+        """A pixel batch (uint8, or float already normalised) -> the model's input: copied to
+        its device (from pinned memory, asynchronously, on CUDA), normalised there."""
         param = next(self._model.parameters())
-        return batch.to(device=param.device, dtype=param.dtype)
+        if param.device.type == "cuda":
+            pixels = pixels.pin_memory().to(param.device, non_blocking=True)
+        else:
+            pixels = pixels.to(param.device)
+        return normalize(pixels, param.dtype)
 
     def _run(self, fn: Any, *args: Any) -> list[list[float]]:
         import torch
@@ -138,8 +157,7 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
         out: list[list[float]] = []
         budget = composed_text_budget(self._model)
         for i in range(0, len(images), self.embed_batch_size):
-            chunk_imgs = images[i : i + self.embed_batch_size]
-            pixels = self._pixels(chunk_imgs)
+            pixels = self._to_model(self._pixels(images[i : i + self.embed_batch_size]))
             enc = self._tokenize(list(texts[i : i + self.embed_batch_size]), budget)
             out += self._run(
                 self._model.encode_composed, pixels, enc["input_ids"], enc["attention_mask"]
@@ -147,16 +165,16 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
         return out
 
     def embed_pixels(self, pixels: Any, texts: Sequence[str] | None = None) -> list[list[float]]:
-        """Embed already preprocessed pixel tensors (the ingestion pipeline decodes in
-        parallel and hands batches here)."""
+        """Embed a batch of preprocessed pixels: uint8 from :func:`preprocess_uint8` (the
+        ingestion pipeline decodes in parallel and hands batches here) or float already
+        normalised."""
         from rag.embedding.model import composed_text_budget
 
         texts = list(texts) if texts is not None else [""] * pixels.shape[0]
-        param = next(self._model.parameters())
         enc = self._tokenize(texts, composed_text_budget(self._model))
         return self._run(
             self._model.encode_composed,
-            pixels.to(device=param.device, dtype=param.dtype),
+            self._to_model(pixels),
             enc["input_ids"],
             enc["attention_mask"],
         )
@@ -211,3 +229,19 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
         self, images: Sequence[ImageInput], texts: Sequence[str]
     ) -> list[Embedding]:
         return await asyncio.to_thread(self.get_composed_embedding_batch, images, texts)
+
+
+def default_batch_size(device_type: str) -> int:
+    """Images per forward pass when not set: 64 on CUDA (keeps a GPU busy; ~1 GB of
+    activations for the base model in bf16), 16 elsewhere (on CPU larger batches gain little:
+    DESIGN of the benchmarks, benchmarks/README.md)."""
+    return 64 if device_type == "cuda" else 16
+
+
+def compile_layers(model: Any) -> None:
+    """``torch.compile`` every transformer layer of the tower and the text encoder in place
+    (per layer: the composed input's sequence length varies with the text)."""
+    for block in model.tower.blocks:
+        block.compile(dynamic=True)
+    for layer in model.text.encoder.layer:
+        layer.compile(dynamic=True)
