@@ -69,17 +69,25 @@ def configure_hybrid(vector_store: Any, settings: Settings) -> None:
 
 
 def vlm_problem(settings: Settings) -> str | None:
-    """Why the configured VLM cannot be used at all (rerank is then skipped), or None."""
+    """Why the configured VLM cannot be used at all (rerank is then skipped), or None.
+
+    Phi-3 Vision needs the remote-code opt-in and a pinned revision; the default model comes
+    pinned (``Settings.vlm_revision``), so with the defaults only the opt-in is asked for.
+    """
+    from rag.rerank.backends.base import is_pinned
+
     s = settings
     if s.vlm_backend == "phi3v":
+        pinned = is_pinned(s.vlm_revision)
         missing = []
         if not s.vlm_trust_remote_code:
             missing.append("MMSEARCH_VLM_TRUST_REMOTE_CODE=true")
-        if not s.vlm_revision or s.vlm_revision in ("main", "master"):
+        if not pinned:
             missing.append("MMSEARCH_VLM_REVISION=<commit>")
         if missing:
+            code = f"{s.vlm_model}@{(s.vlm_revision or '')[:12]}" if pinned else s.vlm_model
             return (
-                "no VLM configured: Phi-3 Vision runs its own code from the Hub; set "
+                f"no VLM configured: Phi-3 Vision runs its own code from the Hub ({code}); set "
                 + " and ".join(missing)
                 + ", or MMSEARCH_VLM_BACKEND=openai with MMSEARCH_VLM_BASE_URL"
             )

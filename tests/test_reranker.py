@@ -320,9 +320,10 @@ def test_default_settings_degrade_visibly(catalog, tiny_embedding) -> None:
     engine = build_query_engine(Settings(), embedding=tiny_embedding, store=store)
     res = engine.search(text="red")
     assert len(res.results) == 9 and res.rerank["status"] == "skipped"
-    assert "MMSEARCH_VLM_TRUST_REMOTE_CODE" in res.rerank["detail"]
-    # opted in but not pinned: still skipped, and the detail names exactly what is missing
-    opted = Settings(vlm_trust_remote_code=True)
+    assert "MMSEARCH_VLM_TRUST_REMOTE_CODE=true" in res.rerank["detail"]
+    assert "MMSEARCH_VLM_REVISION" not in res.rerank["detail"]  # the default model is pinned
+    # another model, opted in but not pinned: still skipped, the detail names what is missing
+    opted = Settings(vlm_trust_remote_code=True, vlm_model="microsoft/Phi-3-vision-128k-instruct")
     res = build_query_engine(opted, embedding=tiny_embedding, store=store).search(text="red")
     assert res.rerank["status"] == "skipped"
     assert "MMSEARCH_VLM_REVISION" in res.rerank["detail"]

@@ -8,6 +8,11 @@ from dataclasses import dataclass
 from PIL import Image
 
 
+def is_pinned(revision: str | None) -> bool:
+    """A Hub revision that names fixed code: set, and not a moving branch name."""
+    return bool(revision) and revision not in ("main", "master")
+
+
 @dataclass(frozen=True)
 class VLMReply:
     """The decoded new text and, where known, token counts."""

@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from rag.errors import ConfigError, ModelLoadError, VLMError
-from rag.rerank.backends.base import VLMBackend, VLMReply
+from rag.rerank.backends.base import VLMBackend, VLMReply, is_pinned
 from rag.rerank.backends.constrained import PermutationLogitsProcessor, single_token_ids
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _one_call_at_a_time(method: _F) -> _F:
 
 
 def require_pinned(model_id: str, revision: str | None, trust_remote_code: bool) -> None:
-    if trust_remote_code and (not revision or revision in ("main", "master")):
+    if trust_remote_code and not is_pinned(revision):
         raise ConfigError(
             f"running {model_id}'s own code needs a pinned revision: set MMSEARCH_VLM_REVISION "
             "to a commit hash"

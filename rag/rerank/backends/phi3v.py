@@ -70,8 +70,8 @@ class Phi3VisionVLM(TransformersVLM):
         if not trust_remote_code:
             raise ConfigError(
                 f"{model_id} runs its own Python code from the Hub: opt in with "
-                "MMSEARCH_VLM_TRUST_REMOTE_CODE=true and pin MMSEARCH_VLM_REVISION, or use the "
-                "openai backend (vLLM) / --no-rerank"
+                "MMSEARCH_VLM_TRUST_REMOTE_CODE=true (at a pinned MMSEARCH_VLM_REVISION), or use "
+                "the openai backend (vLLM) / --no-rerank"
             )
         require_pinned(str(model_id), revision, trust_remote_code)
         patch_dynamic_cache()
