@@ -113,14 +113,20 @@ def _vlm_loader(s: Settings) -> Callable[[], Any]:
         from rag.rerank.backends.hf import TransformersVLM
         from rag.rerank.backends.phi3v import Phi3VisionVLM
 
-        cls = Phi3VisionVLM if s.vlm_backend == "phi3v" else TransformersVLM
-        return cls.from_pretrained(
-            s.vlm_model,
-            device=s.device,
-            dtype=s.dtype,
-            revision=s.vlm_revision,
-            trust_remote_code=s.vlm_trust_remote_code,
-        )
+        common: dict[str, Any] = {
+            "device": s.device,
+            "dtype": s.dtype,
+            "revision": s.vlm_revision,
+            "trust_remote_code": s.vlm_trust_remote_code,
+        }
+        if s.vlm_backend == "phi3v":
+            return Phi3VisionVLM.from_pretrained(
+                s.vlm_model,
+                caption_num_crops=s.caption_num_crops,
+                rerank_num_crops=s.rerank_num_crops,
+                **common,
+            )
+        return TransformersVLM.from_pretrained(s.vlm_model, **common)
 
     return load
 

@@ -95,6 +95,20 @@ class Settings(BaseSettings):
     vlm_trust_remote_code: bool = Field(
         default=False, description="Opt in to run the VLM's own Python code from its repo."
     )
+    caption_num_crops: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Phi-3 Vision: most 336-px crops of the query image for its caption "
+        "(4: ~760 image tokens; 16: up to ~2,500).",
+    )
+    rerank_num_crops: int = Field(
+        default=16,
+        ge=1,
+        le=16,
+        description="Phi-3 Vision: most 336-px crops of the candidate grid for the ranking "
+        "and the reason.",
+    )
     vlm_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint for the openai backend."
     )
