@@ -1,5 +1,5 @@
 """Rerank where it can run: the pinned Phi-3.5 Vision revision by default, crops per call
-(caption vs grid)."""
+(caption vs grid), and the demo's GPU decision (stubbed both ways; no GPU here)."""
 
 from __future__ import annotations
 
@@ -171,3 +171,115 @@ def test_crop_settings_are_wired_into_the_phi3v_loader(
     assert load["processor_kwargs"] == {"num_crops": 16}  # the load-time value: the grid's
     vlm.generate("describe", Image.new("RGB", (64, 64)), detail="low")
     assert vlm.processor.crops_seen == [3]
+
+
+# -- the demo's GPU decision ----------------------------------------------------------------
+def test_cuda_memory_probe_both_ways(monkeypatch: pytest.MonkeyPatch) -> None:
+    import torch
+
+    from rag.app.demo import cuda_memory_gb
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert cuda_memory_gb() is None
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    props = SimpleNamespace(total_memory=12_622_168_064)  # a card sold as 12 GB
+    monkeypatch.setattr(torch.cuda, "get_device_properties", lambda i: props)
+    assert cuda_memory_gb() == pytest.approx(12.622, abs=1e-3)
+
+
+def test_demo_trusts_the_pin_only_on_a_big_enough_cuda_gpu(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.app.demo import choose_rerank
+
+    probes: list[int] = []
+
+    def gpu(gb: float | None) -> Any:
+        def probe() -> float | None:
+            probes.append(1)
+            return gb
+
+        return probe
+
+    yes = choose_rerank(Settings(), rerank=None, gpu_memory_gb=gpu(24.0))
+    assert yes.trust and yes.skip_detail is None
+    assert yes.note == (
+        "rerank: this demo trusts the pinned remote code of microsoft/Phi-3.5-vision-instruct@"
+        "12b77fb40b63a2c73c68243d3f767aab688a1b2a (CUDA GPU, 24 GB); turn it off with "
+        "MMSEARCH_VLM_TRUST_REMOTE_CODE=false or --no-rerank"
+    )
+    for gb, found in ((None, "no CUDA GPU here"), (8.0, "this GPU has 8.0 GB")):
+        no = choose_rerank(Settings(), rerank=None, gpu_memory_gb=gpu(gb))
+        assert not no.trust and no.note is None
+        assert no.skip_detail == (
+            f"the demo runs Phi-3.5 Vision only on a CUDA GPU with >= 12 GB ({found}); set "
+            "MMSEARCH_VLM_TRUST_REMOTE_CODE=true to rerank anyway, or MMSEARCH_VLM_BACKEND=openai "
+            "with MMSEARCH_VLM_BASE_URL"
+        )
+    on_cpu = choose_rerank(Settings(device="cpu"), rerank=None, gpu_memory_gb=gpu(80.0))
+    assert not on_cpu.trust and "MMSEARCH_DEVICE=cpu" in (on_cpu.skip_detail or "")
+    probes.clear()
+    # The user's own choices stand, and the GPU is not even asked about.
+    monkeypatch.setenv("MMSEARCH_VLM_TRUST_REMOTE_CODE", "false")
+    assert "vlm_trust_remote_code" in Settings().model_fields_set
+    monkeypatch.delenv("MMSEARCH_VLM_TRUST_REMOTE_CODE")
+    for s, rerank in (
+        (load_settings(vlm_trust_remote_code=False), None),
+        (Settings(), False),  # --no-rerank
+        (Settings(rerank=False), None),
+        (Settings(vlm_model=OTHER, vlm_revision="abc123"), None),
+        (Settings(vlm_revision="abc123"), None),  # another commit of the default repo
+        (Settings(vlm_backend="openai", vlm_base_url="http://h/v1"), None),
+    ):
+        assert choose_rerank(s, rerank=rerank, gpu_memory_gb=gpu(80.0)) == type(yes)()
+    assert probes == []
+
+
+def _fake_amazon_subset(data_dir: Path) -> None:
+    from ingestion.datasets import AMAZON_SUBSET_DIR
+    from tests.helpers import write_images
+
+    write_images(data_dir / AMAZON_SUBSET_DIR / "images", 4, ext="jpg")
+    Image.new("RGB", (90, 60), (200, 150, 40)).save(data_dir / AMAZON_SUBSET_DIR / "leopard.jpg")
+
+
+@pytest.mark.parametrize("gpu_gb", [24.0, None], ids=["cuda-24GB", "no-cuda"])
+def test_demo_says_once_what_it_does_with_the_rerank(
+    gpu_gb: float | None, clean_env: Path, tiny_embed_dir: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`mmsearch demo` end to end (the catalog already on disk, the tiny embedding model): on a
+    big enough CUDA GPU one line says it trusts the pinned code, and the rerank really runs
+    with it (here it cannot load offline: fallback naming the pinned repo); elsewhere one line
+    says the rerank was skipped and what to set."""
+    from typer.testing import CliRunner
+
+    from rag.app.cli import app
+
+    _fake_amazon_subset(clean_env / "data")
+    monkeypatch.setenv("MMSEARCH_EMBED_MODEL", str(tiny_embed_dir))
+    monkeypatch.setattr("rag.app.demo.cuda_memory_gb", lambda: gpu_gb)
+    res = CliRunner().invoke(app, ["demo"])
+    assert res.exit_code == 0, res.output
+    out = " ".join(res.output.split())  # rich wraps stdout at 80 columns here
+    trust_lines = [line for line in res.stderr.splitlines() if "trusts the pinned" in line]
+    if gpu_gb:
+        assert len(trust_lines) == 1 and f"instruct@{PIN}" in trust_lines[0]
+        assert "rerank fallback: VLM unavailable: cannot load the VLM" in out
+        assert f"microsoft/Phi-3.5-vision-instruct@{PIN}" in out
+        assert "MMSEARCH_VLM_TRUST_REMOTE_CODE=true mmsearch search" in out  # search again
+    else:
+        assert trust_lines == []
+        assert out.count("rerank skipped") == 1 and out.count("TRUST_REMOTE_CODE") == 1
+        assert "rerank skipped: the demo runs Phi-3.5 Vision only on a CUDA GPU" in out
+        assert "MMSEARCH_VLM_TRUST_REMOTE_CODE=true mmsearch search" not in out
+
+
+def test_synthetic_demo_never_adds_the_vlm(
+    clean_env: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from rag.app import demo
+
+    monkeypatch.setattr(demo, "cuda_memory_gb", lambda: 80.0)
+    plan = demo.prepare(Settings(data_dir=clean_env / "d"), synthetic=True, say=lambda m: None)
+    assert plan.rerank is None and not plan.settings.vlm_trust_remote_code
+    assert "vlm_trust_remote_code" not in plan.overrides
