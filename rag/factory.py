@@ -73,17 +73,25 @@ def configure_hybrid(vector_store: Any, settings: Settings) -> None:
 
 
 def vlm_problem(settings: Settings) -> str | None:
-    """Why the configured VLM cannot be used at all (rerank is then skipped), or None."""
+    """Why the configured VLM cannot be used at all (rerank is then skipped), or None.
+
+    Phi-3 Vision needs the remote-code opt-in and a pinned revision; the default model comes
+    pinned (``Settings.vlm_revision``), so with the defaults only the opt-in is asked for.
+    """
+    from rag.rerank.backends.base import is_pinned
+
     s = settings
     if s.vlm_backend == "phi3v":
+        pinned = is_pinned(s.vlm_revision)
         missing = []
         if not s.vlm_trust_remote_code:
             missing.append("MMSEARCH_VLM_TRUST_REMOTE_CODE=true")
-        if not s.vlm_revision or s.vlm_revision in ("main", "master"):
+        if not pinned:
             missing.append("MMSEARCH_VLM_REVISION=<commit>")
         if missing:
+            code = f"{s.vlm_model}@{(s.vlm_revision or '')[:12]}" if pinned else s.vlm_model
             return (
-                "no VLM configured: Phi-3 Vision runs its own code from the Hub; set "
+                f"no VLM configured: Phi-3 Vision runs its own code from the Hub ({code}); set "
                 + " and ".join(missing)
                 + ", or MMSEARCH_VLM_BACKEND=openai with MMSEARCH_VLM_BASE_URL"
             )
@@ -109,14 +117,20 @@ def _vlm_loader(s: Settings) -> Callable[[], Any]:
         from rag.rerank.backends.hf import TransformersVLM
         from rag.rerank.backends.phi3v import Phi3VisionVLM
 
-        cls = Phi3VisionVLM if s.vlm_backend == "phi3v" else TransformersVLM
-        return cls.from_pretrained(
-            s.vlm_model,
-            device=s.device,
-            dtype=s.dtype,
-            revision=s.vlm_revision,
-            trust_remote_code=s.vlm_trust_remote_code,
-        )
+        common: dict[str, Any] = {
+            "device": s.device,
+            "dtype": s.dtype,
+            "revision": s.vlm_revision,
+            "trust_remote_code": s.vlm_trust_remote_code,
+        }
+        if s.vlm_backend == "phi3v":
+            return Phi3VisionVLM.from_pretrained(
+                s.vlm_model,
+                caption_num_crops=s.caption_num_crops,
+                rerank_num_crops=s.rerank_num_crops,
+                **common,
+            )
+        return TransformersVLM.from_pretrained(s.vlm_model, **common)
 
     return load
 

@@ -45,8 +45,8 @@ class FakeVLM(VLMBackend):
         self.fail = fail
         self.supports_constrained = constrained
 
-    def generate(self, prompt, image, *, max_new_tokens=128, permutation_of=None):
-        self.calls.append((prompt, image, {"permutation_of": permutation_of}))
+    def generate(self, prompt, image, *, max_new_tokens=128, permutation_of=None, detail="high"):
+        self.calls.append((prompt, image, {"permutation_of": permutation_of, "detail": detail}))
         if self.fail:
             raise self.fail
         return VLMReply(self.replies.pop(0), prompt_tokens=10, new_tokens=5)
@@ -61,7 +61,7 @@ class ColorRankingVLM(VLMBackend):
     def __init__(self, preference):
         self.preference = preference
 
-    def generate(self, prompt, image, *, max_new_tokens=128, permutation_of=None):
+    def generate(self, prompt, image, *, max_new_tokens=128, permutation_of=None, detail="high"):
         if "Describe" in prompt:
             return VLMReply("a test image")
         k = int(prompt.split("are ")[1].split(" candidate")[0])
@@ -155,6 +155,15 @@ def test_rerank_returns_typed_outcome_with_exact_prompts_and_grid(tmp_path: Path
     top = outcome.nodes[0].node.metadata
     assert top["retrieval_rank"] == 7 and top["rerank_rank"] == 1
     assert outcome.nodes[0].score > outcome.nodes[1].score
+
+
+def test_caption_asks_for_low_detail_ranking_and_reason_for_high(tmp_path: Path) -> None:
+    """The backend-neutral `detail`: the caption needs one photo's gist, the grid every label."""
+    vlm = FakeVLM(["cap", "[2,1,3]", "why"])
+    outcome = VLMReranker(vlm=vlm).rerank(_nodes(tmp_path, 3), _query(tmp_path))
+    assert (outcome.caption, outcome.reason) == ("cap", "why")
+    assert vlm.calls[0][0] == load_prompt("caption").format()
+    assert [c[2]["detail"] for c in vlm.calls] == ["low", "high", "high"]  # caption, rank, reason
 
 
 def test_caption_cached_by_content(tmp_path: Path) -> None:
@@ -320,9 +329,10 @@ def test_default_settings_degrade_visibly(catalog, tiny_embedding) -> None:
     engine = build_query_engine(Settings(), embedding=tiny_embedding, store=store)
     res = engine.search(text="red")
     assert len(res.results) == 9 and res.rerank["status"] == "skipped"
-    assert "MMSEARCH_VLM_TRUST_REMOTE_CODE" in res.rerank["detail"]
-    # opted in but not pinned: still skipped, and the detail names exactly what is missing
-    opted = Settings(vlm_trust_remote_code=True)
+    assert "MMSEARCH_VLM_TRUST_REMOTE_CODE=true" in res.rerank["detail"]
+    assert "MMSEARCH_VLM_REVISION" not in res.rerank["detail"]  # the default model is pinned
+    # another model, opted in but not pinned: still skipped, the detail names what is missing
+    opted = Settings(vlm_trust_remote_code=True, vlm_model="microsoft/Phi-3-vision-128k-instruct")
     res = build_query_engine(opted, embedding=tiny_embedding, store=store).search(text="red")
     assert res.rerank["status"] == "skipped"
     assert "MMSEARCH_VLM_REVISION" in res.rerank["detail"]

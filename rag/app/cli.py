@@ -527,13 +527,16 @@ def demo(
         if console.is_terminal:
             console.print(f"[dim]{msg}[/dim]")
 
-    plan = demo_job.prepare(_settings(), synthetic=synthetic, say=say)
+    rerank = False if no_rerank else None
+    plan = demo_job.prepare(_settings(), synthetic=synthetic, say=say, rerank=rerank)
     if synthetic:
         console.print(f"[yellow]{demo_job.SYNTHETIC_NOTE}[/yellow]")
+    if plan.rerank and plan.rerank.note:  # the demo trusts the pinned VLM code: say so
+        console.print(plan.rerank.note, style="yellow", markup=False, soft_wrap=True)
     with _progress_bar("ingest") as bar:
         done = demo_job.run(
             plan,
-            rerank=False if no_rerank else None,
+            rerank=rerank,
             progress=_ingest_progress(bar, "ingest"),
             say=say,
         )

@@ -8,13 +8,19 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr, ValidationInfo, field_validator
+from pydantic import Field, SecretStr, ValidationInfo, field_validator, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 DeviceName = Literal["auto", "cpu", "cuda", "mps"]
 DTypeName = Literal["auto", "float32", "float16", "bfloat16"]
 VLMBackendName = Literal["phi3v", "hf", "openai"]
 IndexTypeName = Literal["AUTO", "FLAT", "HNSW"]
+
+DEFAULT_VLM_MODEL = "microsoft/Phi-3.5-vision-instruct"
+# The commit of DEFAULT_VLM_MODEL pinned by default (a commit widely pinned in public code),
+# so that trusting its remote code means trusting this exact code. It is the default revision
+# for that repo only: another model id has no default revision.
+DEFAULT_VLM_REVISION = "12b77fb40b63a2c73c68243d3f767aab688a1b2a"
 
 
 class Settings(BaseSettings):
@@ -90,15 +96,30 @@ class Settings(BaseSettings):
     )
     vlm_backend: VLMBackendName = Field(default="phi3v", description="Reranker VLM backend.")
     vlm_model: str = Field(
-        default="microsoft/Phi-3.5-vision-instruct",
+        default=DEFAULT_VLM_MODEL,
         description="VLM: Hub id or local directory (phi3v/hf), or served model name (openai).",
     )
     vlm_revision: str | None = Field(
         default=None,
-        description="Pinned Hub revision (commit) for remote model code; required to trust it.",
+        description="Pinned Hub revision (commit) for remote model code; required to trust it. "
+        f"Unset: {DEFAULT_VLM_REVISION} for {DEFAULT_VLM_MODEL}, none for any other model.",
     )
     vlm_trust_remote_code: bool = Field(
         default=False, description="Opt in to run the VLM's own Python code from its repo."
+    )
+    caption_num_crops: int = Field(
+        default=4,
+        ge=1,
+        le=16,
+        description="Phi-3 Vision: most 336-px crops of the query image for its caption "
+        "(4: ~760 image tokens; 16: up to ~2,500).",
+    )
+    rerank_num_crops: int = Field(
+        default=16,
+        ge=1,
+        le=16,
+        description="Phi-3 Vision: most 336-px crops of the candidate grid for the ranking "
+        "and the reason.",
     )
     vlm_base_url: str | None = Field(
         default=None, description="OpenAI-compatible endpoint for the openai backend."
@@ -145,6 +166,18 @@ class Settings(BaseSettings):
         if isinstance(v, str):
             return v.upper() if info.field_name == "index_type" else v.lower()
         return v
+
+    @field_validator("vlm_revision", mode="before")
+    @classmethod
+    def _blank_revision_is_unset(cls, v: object) -> object:
+        return None if isinstance(v, str) and not v.strip() else v
+
+    @model_validator(mode="after")
+    def _default_revision_for_default_model(self) -> Settings:
+        # Only for the repo it was reviewed for: a pin must never follow a changed model id.
+        if self.vlm_revision is None and self.vlm_model == DEFAULT_VLM_MODEL:
+            self.vlm_revision = DEFAULT_VLM_REVISION
+        return self
 
     @property
     def milvus_token_value(self) -> str:

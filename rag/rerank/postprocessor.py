@@ -178,6 +178,7 @@ class VLMReranker(BaseNodePostprocessor, PromptMixin):
             self._prompts["caption"].format(),
             image.image,
             max_new_tokens=self.caption_max_new_tokens,
+            detail="low",  # one photo's gist (phi3v: MMSEARCH_CAPTION_NUM_CROPS)
         )
         text = " ".join(reply.text.split())[:300] or None
         if text:
@@ -198,14 +199,16 @@ class VLMReranker(BaseNodePostprocessor, PromptMixin):
     def _one_pass(self, grid: Any, prompt: str, k: int, tokens: dict[str, int]) -> ParsedRanking:
         vlm = self.vlm
         if self.strategy == "first-token" and vlm.supports_first_token and k <= 9:
-            scores = vlm.candidate_scores(prompt, grid, k)
+            scores = vlm.candidate_scores(prompt, grid, k, detail="high")
             order = sorted(range(1, k + 1), key=lambda c: (-scores[c - 1], c))
             return ParsedRanking(order, "ok", None, "ranked by first-token logits")
         if self.constrained and vlm.supports_constrained and k <= 9:
-            reply = vlm.generate(prompt, grid, max_new_tokens=self.max_new_tokens, permutation_of=k)
+            reply = vlm.generate(
+                prompt, grid, max_new_tokens=self.max_new_tokens, permutation_of=k, detail="high"
+            )
             text = reply.text if reply.text.lstrip().startswith("{") else f"[{reply.text}]"
         else:
-            reply = vlm.generate(prompt, grid, max_new_tokens=self.max_new_tokens)
+            reply = vlm.generate(prompt, grid, max_new_tokens=self.max_new_tokens, detail="high")
             text = reply.text
         if reply.prompt_tokens is not None:
             tokens["prompt_tokens"] = reply.prompt_tokens
@@ -219,7 +222,7 @@ class VLMReranker(BaseNodePostprocessor, PromptMixin):
             caption=caption or "(no reference image)",
             top=top,
         )
-        reply = self.vlm.generate(prompt, grid, max_new_tokens=60)
+        reply = self.vlm.generate(prompt, grid, max_new_tokens=60, detail="high")
         return " ".join(reply.text.split())[:400] or None
 
     def _passes(

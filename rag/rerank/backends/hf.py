@@ -14,7 +14,7 @@ from typing import Any, TypeVar
 from PIL import Image
 
 from rag.errors import ConfigError, ModelLoadError, VLMError
-from rag.rerank.backends.base import VLMBackend, VLMReply
+from rag.rerank.backends.base import ImageDetail, VLMBackend, VLMReply, is_pinned
 from rag.rerank.backends.constrained import PermutationLogitsProcessor, single_token_ids
 
 logger = logging.getLogger(__name__)
@@ -36,7 +36,7 @@ def _one_call_at_a_time(method: _F) -> _F:
 
 
 def require_pinned(model_id: str, revision: str | None, trust_remote_code: bool) -> None:
-    if trust_remote_code and (not revision or revision in ("main", "master")):
+    if trust_remote_code and not is_pinned(revision):
         raise ConfigError(
             f"running {model_id}'s own code needs a pinned revision: set MMSEARCH_VLM_REVISION "
             "to a commit hash"
@@ -125,8 +125,9 @@ class TransformersVLM(VLMBackend):
         return cls(model=model, processor=processor)
 
     # The model code may modify input tensors in place (Phi-3 Vision clamps input_ids), so
-    # every call builds fresh processor outputs.
-    def _inputs(self, prompt: str, image: Image.Image | None) -> Any:
+    # every call builds fresh processor outputs. ``detail`` is ignored here: these processors
+    # size images by their own pixel limits (Phi3VisionVLM maps it to crops).
+    def _inputs(self, prompt: str, image: Image.Image | None, detail: ImageDetail) -> Any:
         content: list[dict[str, str]] = [{"type": "image"}] if image is not None else []
         content.append({"type": "text", "text": prompt})
         text = self.processor.apply_chat_template(
@@ -152,11 +153,12 @@ class TransformersVLM(VLMBackend):
         *,
         max_new_tokens: int = 128,
         permutation_of: int | None = None,
+        detail: ImageDetail = "high",
     ) -> VLMReply:
         import torch
         from transformers import LogitsProcessorList
 
-        inputs = self._inputs(prompt, image)
+        inputs = self._inputs(prompt, image, detail)
         prompt_len = int(inputs["input_ids"].shape[1])
         processors = LogitsProcessorList()
         if permutation_of:
@@ -183,13 +185,15 @@ class TransformersVLM(VLMBackend):
         return VLMReply(text=text.strip(), prompt_tokens=prompt_len, new_tokens=int(new.shape[0]))
 
     @_one_call_at_a_time
-    def candidate_scores(self, prompt: str, image: Image.Image | None, k: int) -> list[float]:
+    def candidate_scores(
+        self, prompt: str, image: Image.Image | None, k: int, *, detail: ImageDetail = "high"
+    ) -> list[float]:
         import torch
 
         cand = single_token_ids(self.tokenizer, [str(i) for i in range(1, k + 1)])
         if cand is None:
             raise VLMError(f"cannot score {k} candidates: numbers are not single tokens")
-        inputs = self._inputs(prompt, image)
+        inputs = self._inputs(prompt, image, detail)
         with torch.inference_mode():
             logits = self.model(**inputs).logits[0, -1]
         return [float(logits[i]) for i in cand]

@@ -12,7 +12,7 @@ from PIL import Image
 
 from rag.core.retry import Retry, with_retries
 from rag.errors import ConfigError, VLMError
-from rag.rerank.backends.base import VLMBackend, VLMReply
+from rag.rerank.backends.base import ImageDetail, VLMBackend, VLMReply
 
 logger = logging.getLogger(__name__)
 
@@ -136,7 +136,9 @@ class OpenAIVLM(VLMBackend):
         *,
         max_new_tokens: int = 128,
         permutation_of: int | None = None,
+        detail: ImageDetail = "high",
     ) -> VLMReply:
+        # ``detail`` is ignored: the server sizes images itself (vLLM: its num_crops setting).
         body = self._body(prompt, image, max_new_tokens, permutation_of)
         resp = with_retries(lambda: self._post_once(body), retries=self.retries)
         try:
