@@ -12,6 +12,7 @@ Rounds alternate the dtypes so drift in machine load hits both alike.
 
 from __future__ import annotations
 
+import multiprocessing
 import os
 import tempfile
 import time
@@ -56,7 +57,9 @@ def decode_rates(paths: list[Path], workers: int) -> dict[str, float]:
         t0 = time.perf_counter()
         list(pool.map(_decode_one, names))
         out[f"{workers}_threads"] = len(names) / (time.perf_counter() - t0)
-    with ProcessPoolExecutor(workers) as procs:
+    # spawn, not fork: a forked child of a process whose torch/OpenMP threads are running
+    # can deadlock (it did here)
+    with ProcessPoolExecutor(workers, mp_context=multiprocessing.get_context("spawn")) as procs:
         list(procs.map(_decode_one, names[:workers]))  # start the workers first
         t0 = time.perf_counter()
         list(procs.map(_decode_one, names, chunksize=4))

@@ -1,5 +1,6 @@
-"""Query latency by stage: embed (full-size random weights) and Milvus Lite search at 10k and
-100k rows of synthetic unit vectors, FLAT vs HNSW, with HNSW recall@9 against FLAT."""
+"""Query latency by stage: embed (full-size random weights; text, image and composed p50 in fp32
+and bf16) and Milvus Lite search at 10k and 100k rows of synthetic unit vectors, FLAT vs HNSW,
+with HNSW recall@9 against FLAT."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from benchmarks.common import percentiles, write
+from benchmarks.dtype import query_latency
 
 
 def _fill(store: Any, vecs: Any) -> float:
@@ -48,20 +50,17 @@ def run(sizes: tuple[int, ...] | None = None, n_queries: int = 50) -> Path:
     results: dict[str, Any] = {"search": {}}
     with tempfile.TemporaryDirectory() as tmp:
         root = Path(tmp)
-        emb = VisualizedBGEEmbedding.from_local(make_embed_dir(root / "embed", full_size=True))
+        model_dir = make_embed_dir(root / "embed", full_size=True)
         img = make_image(1, (640, 480))
-        emb.get_text_embedding("warm")
-        results["embed"] = {
-            "text": percentiles(
-                [_t(lambda: emb.get_text_embedding("red leopard phone case")) for _ in range(10)]
-            ),
-            "image": percentiles([_t(lambda: emb.get_image_embedding(img)) for _ in range(5)]),
-            "composed": percentiles(
-                [
-                    _t(lambda: emb.get_composed_embedding(img, "a phone case with this"))
-                    for _ in range(5)
-                ]
-            ),
+        # query embedding p50 per dtype (bf16 vs fp32 on this CPU), one model at a time
+        results["embed"] = {}
+        for dt in ("float32", "bfloat16"):
+            emb = VisualizedBGEEmbedding.from_local(model_dir, device="cpu", dtype=dt)
+            results["embed"][dt] = query_latency(emb, img)
+            del emb
+        results["embed"]["ratio_fp32_vs_bf16"] = {
+            k: results["embed"]["float32"][k] / results["embed"]["bfloat16"][k]
+            for k in results["embed"]["float32"]
         }
         for n in sizes:
             vecs = rng.randn(n, 768).astype("float32")

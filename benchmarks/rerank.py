@@ -81,12 +81,16 @@ def run(repeats: int = 5) -> Path:
         grid = build_grid([str(p) for p in paths], query=str(q))
         out["phi35_computed"] = {
             "method": (
-                "computed, not measured: Phi-3.5-vision's HD transform (336-px crops, "
-                "num_crops 16) applied to the grid size; no Phi-3.5 model was run"
+                "computed, not measured: Phi-3.5-vision's HD transform (336-px crops) "
+                "applied to the image sizes; no Phi-3.5 model was run"
             ),
             "grid_size": list(grid.size),
-            "grid": phi3v_image_tokens(*grid.size),
+            "grid": phi3v_image_tokens(*grid.size),  # MMSEARCH_RERANK_NUM_CROPS 16
             "query_image_600x600": phi3v_image_tokens(600, 600),
+            # the caption's own setting, MMSEARCH_CAPTION_NUM_CROPS: 4 by default
+            "caption_query_image_1000x1000": {
+                str(n): phi3v_image_tokens(1000, 1000, n) for n in (4, 16)
+            },
             "constrained_new_tokens": 2 * 9,  # 9 digits + 8 commas + the end token
         }
     return write("rerank", out)

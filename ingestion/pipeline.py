@@ -44,6 +44,20 @@ Progress = Callable[[int, int], None]  # (done, total)
 _LOOKUP_CHUNK = 500
 
 
+def default_workers(device: str) -> int:
+    """Decode/download threads when not set. On a CPU the model needs the cores: decoding a
+    photo takes ~5 ms on one thread vs ~240 ms of bf16 model time per image (2-core EPYC,
+    benchmarks/results/dtype.json), so 2 threads keep it fed and rarely run; torch keeps its
+    default of one thread per core. On a GPU the model outruns one core's decoding by far:
+    every core decodes (threads: PIL releases the GIL; spawned processes measured 3x slower
+    than threads on 2 cores, from pickling the pixels back), up to 32."""
+    import os
+
+    if device.startswith("cuda"):
+        return max(2, min(32, os.cpu_count() or 2))
+    return 2
+
+
 def row_id(key: str, sha: str) -> str:
     """The row id: stable for the same item and content, new when the image changes."""
     return hashlib.sha256(f"{key}\0{sha}".encode()).hexdigest()[:32]
@@ -247,7 +261,8 @@ class Ingestor:
         embedding: the Visualized BGE embedding (image-only vectors are stored).
         store: the target collection.
         batch_size: images per forward pass.
-        workers: threads that read/download/decode ahead of the model.
+        workers: threads that read/download/decode ahead of the model (None:
+            :func:`default_workers` of the model's device).
         cache_dir: where URL images are cached.
         progress: called with (done, total) as items finish.
         text_fields: catalog fields that make each row's search text.
@@ -261,12 +276,13 @@ class Ingestor:
         embedding: VisualizedBGEEmbedding,
         store: CatalogStore,
         batch_size: int = 16,
-        workers: int = 2,
+        workers: int | None = None,
         cache_dir: Path | None = None,
         progress: Progress | None = None,
         text_fields: Sequence[str] = DEFAULT_TEXT_FIELDS,
         allow_private_urls: bool = False,
     ) -> None:
+        workers = workers if workers is not None else default_workers(embedding.device)
         if batch_size < 1:
             raise ConfigError(f"batch_size must be > 0, got {batch_size}")
         if workers < 1:

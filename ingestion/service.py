@@ -37,7 +37,7 @@ def ingest_items(
     settings: Settings,
     items: Sequence[CatalogItem],
     *,
-    workers: int = 2,
+    workers: int | None = None,
     prune: bool = False,
     progress: Progress | None = None,
     embedding: VisualizedBGEEmbedding | None = None,
@@ -50,7 +50,8 @@ def ingest_items(
     Args:
         settings: where to write and with which model.
         items: what to index (see :func:`list_items`).
-        workers: decode / download threads.
+        workers: decode / download threads (None: by the model's device,
+            :func:`ingestion.pipeline.default_workers`).
         prune: also drop rows of the same sources whose item is gone.
         progress: called with (done, total).
         embedding, store: ready components; a store passed in stays open.

@@ -255,3 +255,13 @@ def test_gpu_benchmark_code_path_on_cpu() -> None:
         assert out["ingest_images_per_s"][dt] > 0
         assert set(out["query_embed"][dt]) == {"text_p50_ms", "image_p50_ms", "composed_p50_ms"}
     assert out["ratio_bf16_vs_fp32"]["4"] > 0
+
+
+def test_decode_threads_default_by_device(tiny_embedding) -> None:
+    import os
+
+    from ingestion.pipeline import Ingestor, default_workers
+
+    assert default_workers("cpu") == 2
+    assert default_workers("cuda:0") == max(2, min(32, os.cpu_count() or 2))
+    assert Ingestor(embedding=tiny_embedding, store=None).workers == 2  # type: ignore[arg-type]

@@ -161,7 +161,12 @@ def _ingest_progress(bar: Any, label: str) -> Any:
 def ingest(
     paths: list[str] = typer.Argument(..., help="Folders, images or catalog files (.jsonl/.csv)."),
     batch_size: int | None = typer.Option(None, "--batch-size", min=1, help="Images per batch."),
-    workers: int = typer.Option(2, "--workers", min=1, help="Decode/download threads."),
+    workers: int | None = typer.Option(
+        None,
+        "--workers",
+        min=1,
+        help="Decode/download threads (default: 2 on CPU, every core on CUDA).",
+    ),
     prune: bool = typer.Option(False, "--prune", help="Remove rows whose source file vanished."),
     as_json: bool = typer.Option(False, "--json", help="Print the report as JSON."),
     strict: bool = typer.Option(False, "--strict", help="Exit 1 if any item failed."),
