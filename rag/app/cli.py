@@ -97,11 +97,11 @@ def stats(
             f"collection {info['collection']!r} at {info['uri']} does not exist yet "
             "(0 rows); run `mmsearch ingest PATH`"
         )
-        return
-    for key in ("collection", "uri", "rows", "dim", "model", "index_type", "metric"):
-        typer.echo(f"{key:<11} {info[key]}")
-    text = ",".join(info["text_fields"]) if info["text_index"] else "none (mmsearch reindex)"
-    typer.echo(f"{'text_index':<11} {text}")
+    else:
+        for key in ("collection", "uri", "rows", "dim", "model", "index_type", "metric"):
+            typer.echo(f"{key:<11} {info[key]}")
+        text = ",".join(info["text_fields"]) if info["text_index"] else "none (mmsearch reindex)"
+        typer.echo(f"{'text_index':<11} {text}")
     typer.echo(f"{'device':<11} {info['device']}")
     typer.echo(f"{'dtype':<11} {info['dtype']} ({info['dtype_reason']})")
 

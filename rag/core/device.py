@@ -151,10 +151,10 @@ def _cpu_choice(flags: set[str]) -> DTypeChoice:
     how = "cached micro-benchmark" if from_cache else "micro-benchmark"
     if speedup >= _BF16_MIN_SPEEDUP:
         return DTypeChoice(
-            torch.bfloat16, f"CPU has {partial[0]} and bf16 ran {speedup:.1f}x fp32 ({how})"
+            torch.bfloat16, f"CPU has {partial[0]} and bf16 ran {speedup:.1f}x fp32 in a {how}"
         )
     return DTypeChoice(
-        torch.float32, f"CPU has {partial[0]} but bf16 ran only {speedup:.2f}x fp32 ({how})"
+        torch.float32, f"CPU has {partial[0]} but bf16 ran only {speedup:.2f}x fp32 in a {how}"
     )
 
 
