@@ -265,3 +265,10 @@ def test_decode_threads_default_by_device(tiny_embedding) -> None:
     assert default_workers("cpu") == 2
     assert default_workers("cuda:0") == max(2, min(32, os.cpu_count() or 2))
     assert Ingestor(embedding=tiny_embedding, store=None).workers == 2  # type: ignore[arg-type]
+
+
+def test_fused_attention_in_tower_and_text_model(tiny_embedding) -> None:
+    """SDPA in the text model and timm's fused attention in the EVA tower (GPU-ready)."""
+    model = tiny_embedding.model
+    assert model.text.config._attn_implementation == "sdpa"
+    assert all(block.attn.fused_attn for block in model.tower.blocks)
