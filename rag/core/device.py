@@ -129,7 +129,9 @@ def cached_bf16_speedup(flags: set[str]) -> tuple[float, bool]:
     speedup = measure_bf16_speedup()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        path.write_text(json.dumps({"key": key, "speedup": round(speedup, 3)}) + "\n")
+        tmp = path.with_name(f"{path.name}.{os.getpid()}.tmp")  # another process may read it
+        tmp.write_text(json.dumps({"key": key, "speedup": round(speedup, 3)}) + "\n")
+        tmp.replace(path)
     except OSError as e:  # a read-only home: measure again next time, no harm done
         logger.debug("cannot cache the bf16 micro-benchmark in %s: %s", path, e)
     return speedup, False
