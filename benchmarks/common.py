@@ -20,24 +20,19 @@ _NOTABLE_FLAGS = {"avx2", "avx512f", "avx512_bf16", "amx_bf16", "amx_tile", "amx
 def machine_info() -> dict[str, Any]:
     import torch
 
+    from rag.core.device import cpu_flags, cpu_model
+
     info: dict[str, Any] = {
-        "cpu": platform.processor() or platform.machine(),
+        "cpu": cpu_model(),
         "cores": os.cpu_count(),
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "python": platform.python_version(),
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
     }
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                info["cpu"] = line.split(":", 1)[1].strip()
-            elif line.startswith("flags"):
-                flags = set(line.split(":", 1)[1].split())
-                info["cpu_flags"] = sorted(flags & _NOTABLE_FLAGS)
-                break
-    except OSError:
-        pass
+    flags = cpu_flags()
+    if flags:
+        info["cpu_flags"] = sorted(flags & _NOTABLE_FLAGS)
     if hasattr(os, "getloadavg"):
         # Other work on the machine skews absolute numbers; ratios within one run hold better.
         info["load_avg_1m_at_write"] = round(os.getloadavg()[0], 2)

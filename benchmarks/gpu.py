@@ -6,23 +6,21 @@ end-to-end local ``ingest`` rate on generated JPEGs (decode threads vs the model
 embedding p50 (text, image, composed) and peak GPU memory; written to
 ``benchmarks/results/gpu.json``. Without CUDA it says so in one line and exits 0.
 
-``run(device="cpu", tiny=True, ...)`` drives the same code on a CPU with the tiny model (the
+``measure(device="cpu", tiny=True, ...)`` drives the same code on a CPU with the tiny model (the
 test suite does, so the GPU path cannot rot unseen).
 """
 
 from __future__ import annotations
 
-import os
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 from benchmarks.common import write
-from benchmarks.dtype import _images, pipeline_rate, query_latency
+from benchmarks.dtype import DTYPES, _images, pipeline_rate, query_latency
 
 BATCHES = (1, 16, 64, 256)
-DTYPES = ("float32", "bfloat16")
 
 
 def _sync(device: str) -> None:
@@ -53,6 +51,7 @@ def measure(
     """The numbers of :func:`run`, without writing them."""
     import torch
 
+    from ingestion.pipeline import default_workers
     from rag.core.images import load_image
     from rag.embedding.multimodal import VisualizedBGEEmbedding
     from rag.embedding.tiny import make_embed_dir
@@ -73,7 +72,7 @@ def measure(
             if device == "cuda":
                 out["peak_gpu_mb"][dt] = torch.cuda.max_memory_allocated() / 2**20
             out["query_embed"][dt] = query_latency(emb, load_image(paths[0]))
-            workers = os.cpu_count() or 1
+            workers = default_workers(device)  # what `mmsearch ingest` uses there
             out.setdefault("ingest_images_per_s", {})[dt] = pipeline_rate(
                 emb, paths, root, emb.embed_batch_size, workers
             )

@@ -540,6 +540,13 @@ def _embed_and_write(
         counter.add(len(rows))
 
 
+def _default_batch_size(ray: Any) -> int:
+    """The embedding batch when not set: as for one machine, by whether the cluster has GPUs."""
+    from rag.embedding.multimodal import default_batch_size
+
+    return default_batch_size("cuda" if ray.cluster_resources().get("GPU", 0) else "cpu")
+
+
 def ingest_on_ray(
     items: Iterable[CatalogItem],
     *,
@@ -583,32 +590,27 @@ def ingest_on_ray(
     options = options or RayOptions()
     model_id, dim, size = read_model_facts(model_dir)
     cache_dir = cache_dir or Path("./data/cache/urls")
-    job = _Job(
-        store=store,
-        token=token,
-        model_dir=model_dir,
-        model_id=model_id,
-        dim=dim,
-        image_size=size,
-        device=device,
-        dtype=dtype,
-        batch_size=batch_size or 16,
-        cache_dir=cache_dir,
-        options=options,
-        text_fields=tuple(text_fields),
-        allow_private_urls=allow_private_urls,
-    )
     report = IngestReport()
     unique = unique_items(items, report)
     counter = _Counter(progress, len(unique) + len(report.failed))
     counter.add(len(report.failed))
     with ray_session(options.address) as ray:
         _quiet_data_context(ray)
-        if batch_size is None:
-            from rag.embedding.multimodal import default_batch_size
-
-            gpus = ray.cluster_resources().get("GPU", 0)
-            job = replace(job, batch_size=default_batch_size("cuda" if gpus else "cpu"))
+        job = _Job(
+            store=store,
+            token=token,
+            model_dir=model_dir,
+            model_id=model_id,
+            dim=dim,
+            image_size=size,
+            device=device,
+            dtype=dtype,
+            batch_size=batch_size or _default_batch_size(ray),
+            cache_dir=cache_dir,
+            options=options,
+            text_fields=tuple(text_fields),
+            allow_private_urls=allow_private_urls,
+        )
         try:
             prints = _fingerprints(
                 ray,

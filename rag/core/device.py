@@ -65,17 +65,27 @@ class DTypeChoice:
         return str(self.dtype).removeprefix("torch.")
 
 
-def cpu_flags() -> set[str]:
-    """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty where unknown."""
+def _cpuinfo(*keys: str) -> str | None:
+    """The value of the first /proc/cpuinfo line whose key is one of ``keys`` (None: absent)."""
     try:
         text = Path("/proc/cpuinfo").read_text()
     except OSError:
-        return set()
+        return None
     for line in text.splitlines():
         key, _, value = line.partition(":")
-        if key.strip() in ("flags", "Features"):
-            return set(value.split())
-    return set()
+        if key.strip() in keys:
+            return value.strip()
+    return None
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (x86 ``flags``, Arm ``Features``); empty where unknown."""
+    return set((_cpuinfo("flags", "Features") or "").split())
+
+
+def cpu_model() -> str:
+    """The CPU's model name (x86 ``model name``; elsewhere the platform's answer)."""
+    return _cpuinfo("model name") or platform.processor() or platform.machine()
 
 
 def _cache_path() -> Path:
@@ -88,7 +98,7 @@ def _machine_key(flags: set[str]) -> str:
 
     wanted = sorted(f for f in flags if "bf16" in f or f.startswith(("amx", "avx512")))
     return "|".join(
-        [platform.machine(), platform.processor(), ",".join(wanted), torch.__version__]
+        [platform.machine(), cpu_model(), ",".join(wanted), torch.__version__]
         + [f"threads={torch.get_num_threads()}"]
     )
 

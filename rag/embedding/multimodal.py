@@ -232,9 +232,9 @@ class VisualizedBGEEmbedding(MultiModalEmbedding):
 
 
 def default_batch_size(device_type: str) -> int:
-    """Images per forward pass when not set: 64 on CUDA (keeps a GPU busy; ~1 GB of
-    activations for the base model in bf16), 16 elsewhere (on CPU larger batches gain little:
-    DESIGN of the benchmarks, benchmarks/README.md)."""
+    """Images per forward pass when not set: 64 on CUDA (keeps a GPU busy; not yet measured
+    on one: `make bench-gpu` covers batch 1-256), 16 elsewhere (on a CPU larger batches gain
+    little: benchmarks/README.md)."""
     return 64 if device_type == "cuda" else 16
 
 
