@@ -223,6 +223,8 @@ def test_compile_matches_eager(tiny_embed_dir: Path) -> None:
     compiled = VisualizedBGEEmbedding.from_local(
         tiny_embed_dir, device="cpu", dtype="float32", compile=True
     )
+    layers = [*compiled.model.tower.blocks, *compiled.model.text.encoder.layer]
+    assert all(layer._compiled_call_impl is not None for layer in layers)  # compiled, not eager
     assert _cos(eager.get_image_embedding(img), compiled.get_image_embedding(img)) > 0.9999
     a, b = eager.get_text_embedding("red shoes"), compiled.get_text_embedding("red shoes")
     assert _cos(a, b) > 0.9999
